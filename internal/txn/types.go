@@ -7,6 +7,7 @@ package txn
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"time"
 
 	"github.com/quell-ir/quell/internal/action"
@@ -178,4 +179,37 @@ func (AllowAll) Decide(_ context.Context, _ DecisionInput) (Decision, error) {
 // An error means the guard could not be evaluated, and the guard denies.
 type Protector interface {
 	Protected(ctx context.Context, t action.Target) (reason string, protected bool, err error)
+}
+
+// Storage errors; backends return these (wrapped or not).
+var (
+	ErrNotFound = errors.New("not found")
+	ErrConflict = errors.New("conflict: record changed concurrently")
+)
+
+// Filter selects transactions for listing.
+type Filter struct {
+	States  []State
+	EventID string
+	Action  string
+	Limit   int
+}
+
+// Store is the storage the engine needs. Backends in package store
+// implement it.
+type Store interface {
+	// CreateTxn records a new transaction with its first journal entry,
+	// atomically enforcing one transaction per Origin and one holder of an
+	// idempotency key at a time. When either exists it returns that
+	// transaction and created=false.
+	CreateTxn(ctx context.Context, t *Transaction, e JournalEntry) (existing *Transaction, created bool, err error)
+	// UpdateTxn persists a transition and its journal entry atomically. It
+	// fails with ErrConflict if t.Version is not the stored version; on
+	// success t.Version is incremented.
+	UpdateTxn(ctx context.Context, t *Transaction, e JournalEntry) error
+	GetTxn(ctx context.Context, id string) (*Transaction, error)
+	ListTxns(ctx context.Context, f Filter) ([]*Transaction, error)
+	// NonTerminal returns every transaction not in a terminal state.
+	NonTerminal(ctx context.Context) ([]*Transaction, error)
+	Journal(ctx context.Context, id string) ([]JournalEntry, error)
 }

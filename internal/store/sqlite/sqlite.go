@@ -1,0 +1,537 @@
+// Package sqlite is the embedded store: one SQLite database in WAL mode
+// (modernc.org/sqlite, pure Go), one writer connection, a pool of readers.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"github.com/quell-ir/quell/internal/event"
+	"github.com/quell-ir/quell/internal/store"
+	"github.com/quell-ir/quell/internal/txn"
+)
+
+// Store is the SQLite backend.
+type Store struct {
+	w *sql.DB // one connection: SQLite has one writer; serializing here avoids SQLITE_BUSY
+	r *sql.DB
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open opens (creating if needed) the database in dir and migrates it.
+func Open(ctx context.Context, dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("create data directory %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, "quell.db")
+	// synchronous=FULL: a 202 means the event survived even a power cut, not
+	// just a process kill. Group commit pays the fsync once per batch.
+	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(ON)&_txlock=immediate"
+	w, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetConnMaxIdleTime(0)
+	r, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)&_pragma=query_only(ON)")
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("open %s for reading: %w", path, err)
+	}
+	r.SetMaxOpenConns(8)
+	s := &Store{w: w, r: r}
+	if err := s.migrate(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes both pools.
+func (s *Store) Close() error {
+	return errors.Join(s.w.Close(), s.r.Close())
+}
+
+// migrations are applied in order, each once, recorded in schema_version.
+// Never edit a released migration: add a new one.
+var migrations = []string{
+	`CREATE TABLE events (
+		seq INTEGER PRIMARY KEY AUTOINCREMENT,
+		id TEXT NOT NULL UNIQUE,
+		source TEXT NOT NULL,
+		type TEXT NOT NULL DEFAULT '',
+		time INTEGER NOT NULL,
+		received_at INTEGER NOT NULL,
+		fingerprint TEXT NOT NULL,
+		count INTEGER NOT NULL DEFAULT 1,
+		doc BLOB NOT NULL,
+		context BLOB,
+		processed_at INTEGER
+	);
+	CREATE INDEX events_fingerprint ON events(fingerprint, received_at);
+	CREATE INDEX events_unprocessed ON events(seq) WHERE processed_at IS NULL;
+	CREATE INDEX events_source ON events(source, seq);
+	CREATE TABLE transactions (
+		id TEXT PRIMARY KEY,
+		key TEXT NOT NULL,
+		origin TEXT NOT NULL UNIQUE,
+		action TEXT NOT NULL,
+		state TEXT NOT NULL,
+		holds INTEGER NOT NULL,
+		event_id TEXT NOT NULL DEFAULT '',
+		created_at INTEGER NOT NULL,
+		updated_at INTEGER NOT NULL,
+		version INTEGER NOT NULL,
+		doc BLOB NOT NULL
+	);
+	CREATE UNIQUE INDEX transactions_key_holder ON transactions(key) WHERE holds = 1;
+	CREATE INDEX transactions_state ON transactions(state);
+	CREATE INDEX transactions_event ON transactions(event_id);
+	CREATE TABLE journal (
+		txn_id TEXT NOT NULL REFERENCES transactions(id),
+		seq INTEGER NOT NULL,
+		from_state TEXT NOT NULL,
+		to_state TEXT NOT NULL,
+		at INTEGER NOT NULL,
+		detail TEXT NOT NULL DEFAULT '',
+		PRIMARY KEY (txn_id, seq)
+	);`,
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.w.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("migrate: create schema_version: %w", err)
+	}
+	var v int
+	err := s.w.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		if _, err := s.w.ExecContext(ctx, `INSERT INTO schema_version(version) VALUES (0)`); err != nil {
+			return fmt.Errorf("migrate: %w", err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("migrate: read version: %w", err)
+	}
+	if v > len(migrations) {
+		return fmt.Errorf("migrate: database schema %d is newer than this binary (%d): refusing to run an older quell on it", v, len(migrations))
+	}
+	for i := v; i < len(migrations); i++ {
+		tx, err := s.w.BeginTx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("migrate to %d: %w", i+1, err)
+		}
+		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migrate to %d: %w", i+1, err)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE schema_version SET version = ?`, i+1); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migrate to %d: %w", i+1, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("migrate to %d: commit: %w", i+1, err)
+		}
+	}
+	return nil
+}
+
+func nanos(t time.Time) int64 { return t.UnixNano() }
+
+// AppendEvents writes the batch in one transaction: one fsync for all.
+func (s *Store) AppendEvents(ctx context.Context, evs []*event.Event, window time.Duration) ([]store.AppendResult, error) {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("append events: begin: %w", err)
+	}
+	defer tx.Rollback()
+	byID, err := tx.PrepareContext(ctx, `SELECT count FROM events WHERE id = ?`)
+	if err != nil {
+		return nil, fmt.Errorf("append events: %w", err)
+	}
+	defer byID.Close()
+	byFP, err := tx.PrepareContext(ctx, `SELECT id FROM events WHERE fingerprint = ? AND received_at >= ? LIMIT 1`)
+	if err != nil {
+		return nil, fmt.Errorf("append events: %w", err)
+	}
+	defer byFP.Close()
+	ins, err := tx.PrepareContext(ctx, `INSERT INTO events(id, source, type, time, received_at, fingerprint, count, doc) VALUES (?,?,?,?,?,?,?,?)`)
+	if err != nil {
+		return nil, fmt.Errorf("append events: %w", err)
+	}
+	defer ins.Close()
+	upd, err := tx.PrepareContext(ctx, `UPDATE events SET count = ?, doc = ?, processed_at = NULL WHERE id = ?`)
+	if err != nil {
+		return nil, fmt.Errorf("append events: %w", err)
+	}
+	defer upd.Close()
+
+	out := make([]store.AppendResult, len(evs))
+	for i, e := range evs {
+		var count int
+		err := byID.QueryRowContext(ctx, e.ID).Scan(&count)
+		switch {
+		case err == nil:
+			if e.Count > count {
+				doc, err := json.Marshal(e)
+				if err != nil {
+					return nil, fmt.Errorf("append event %s: encode: %w", e.ID, err)
+				}
+				if _, err := upd.ExecContext(ctx, e.Count, doc, e.ID); err != nil {
+					return nil, fmt.Errorf("append event %s: update: %w", e.ID, err)
+				}
+				out[i] = store.AppendResult{ID: e.ID, Outcome: store.Updated}
+			} else {
+				out[i] = store.AppendResult{ID: e.ID, Outcome: store.Duplicate}
+			}
+			continue
+		case !errors.Is(err, sql.ErrNoRows):
+			return nil, fmt.Errorf("append event %s: look up id: %w", e.ID, err)
+		}
+		if window > 0 {
+			var id string
+			err := byFP.QueryRowContext(ctx, e.Fingerprint, nanos(e.ReceivedAt.Add(-window))).Scan(&id)
+			if err == nil {
+				out[i] = store.AppendResult{ID: id, Outcome: store.Duplicate}
+				continue
+			} else if !errors.Is(err, sql.ErrNoRows) {
+				return nil, fmt.Errorf("append event %s: look up fingerprint: %w", e.ID, err)
+			}
+		}
+		doc, err := json.Marshal(e)
+		if err != nil {
+			return nil, fmt.Errorf("append event %s: encode: %w", e.ID, err)
+		}
+		if _, err := ins.ExecContext(ctx, e.ID, e.Source, e.Type, nanos(e.Time), nanos(e.ReceivedAt), e.Fingerprint, e.Count, doc); err != nil {
+			return nil, fmt.Errorf("append event %s: insert: %w", e.ID, err)
+		}
+		out[i] = store.AppendResult{ID: e.ID, Outcome: store.Created}
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("append events: commit: %w", err)
+	}
+	return out, nil
+}
+
+func scanEvent(doc, ctxDoc []byte, processed sql.NullInt64, seq int64) (*store.EventRecord, error) {
+	rec := &store.EventRecord{Event: &event.Event{}, Seq: seq}
+	if err := json.Unmarshal(doc, rec.Event); err != nil {
+		return nil, fmt.Errorf("decode event: %w", err)
+	}
+	if len(ctxDoc) > 0 {
+		rec.Context = &event.Context{}
+		if err := json.Unmarshal(ctxDoc, rec.Context); err != nil {
+			return nil, fmt.Errorf("decode event context: %w", err)
+		}
+	}
+	if processed.Valid {
+		t := time.Unix(0, processed.Int64).UTC()
+		rec.ProcessedAt = &t
+	}
+	return rec, nil
+}
+
+// GetEvent returns one event.
+func (s *Store) GetEvent(ctx context.Context, id string) (*store.EventRecord, error) {
+	var doc, cdoc []byte
+	var processed sql.NullInt64
+	var seq int64
+	err := s.r.QueryRowContext(ctx, `SELECT seq, doc, context, processed_at FROM events WHERE id = ?`, id).Scan(&seq, &doc, &cdoc, &processed)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("event %s: %w", id, store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get event %s: %w", id, err)
+	}
+	return scanEvent(doc, cdoc, processed, seq)
+}
+
+// ListEvents lists events newest first.
+func (s *Store) ListEvents(ctx context.Context, f store.EventFilter) ([]*store.EventRecord, error) {
+	q := `SELECT seq, doc, context, processed_at FROM events WHERE 1=1`
+	var args []any
+	if f.Source != "" {
+		q += ` AND source = ?`
+		args = append(args, f.Source)
+	}
+	if f.Type != "" {
+		q += ` AND type = ?`
+		args = append(args, f.Type)
+	}
+	if !f.Since.IsZero() {
+		q += ` AND received_at >= ?`
+		args = append(args, nanos(f.Since))
+	}
+	if f.Before != "" {
+		q += ` AND seq < (SELECT seq FROM events WHERE id = ?)`
+		args = append(args, f.Before)
+	}
+	q += ` ORDER BY seq DESC LIMIT ?`
+	args = append(args, limit(f.Limit))
+	rows, err := s.r.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list events: %w", err)
+	}
+	defer rows.Close()
+	var out []*store.EventRecord
+	for rows.Next() {
+		var doc, cdoc []byte
+		var processed sql.NullInt64
+		var seq int64
+		if err := rows.Scan(&seq, &doc, &cdoc, &processed); err != nil {
+			return nil, fmt.Errorf("list events: %w", err)
+		}
+		rec, err := scanEvent(doc, cdoc, processed, seq)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rec)
+	}
+	return out, rows.Err()
+}
+
+func limit(n int) int {
+	if n <= 0 || n > 1000 {
+		return 100
+	}
+	return n
+}
+
+// CountEvents counts stored events.
+func (s *Store) CountEvents(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.r.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&n)
+	return n, err
+}
+
+// CompleteEvent stores the event's context and marks it processed.
+func (s *Store) CompleteEvent(ctx context.Context, id string, c *event.Context) error {
+	doc, err := json.Marshal(c)
+	if err != nil {
+		return fmt.Errorf("complete event %s: encode: %w", id, err)
+	}
+	res, err := s.w.ExecContext(ctx, `UPDATE events SET context = ?, processed_at = ? WHERE id = ?`, doc, nanos(time.Now()), id)
+	if err != nil {
+		return fmt.Errorf("complete event %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("complete event %s: %w", id, store.ErrNotFound)
+	}
+	return nil
+}
+
+// Unprocessed returns accepted events not yet processed, oldest first.
+func (s *Store) Unprocessed(ctx context.Context, n int) ([]*event.Event, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT doc FROM events WHERE processed_at IS NULL ORDER BY seq LIMIT ?`, n)
+	if err != nil {
+		return nil, fmt.Errorf("list unprocessed events: %w", err)
+	}
+	defer rows.Close()
+	var out []*event.Event
+	for rows.Next() {
+		var doc []byte
+		if err := rows.Scan(&doc); err != nil {
+			return nil, fmt.Errorf("list unprocessed events: %w", err)
+		}
+		e := &event.Event{}
+		if err := json.Unmarshal(doc, e); err != nil {
+			return nil, fmt.Errorf("decode event: %w", err)
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// CreateTxn inserts a transaction unless its origin or its key is taken.
+func (s *Store) CreateTxn(ctx context.Context, t *txn.Transaction, e txn.JournalEntry) (*txn.Transaction, bool, error) {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, false, fmt.Errorf("create txn: begin: %w", err)
+	}
+	defer tx.Rollback()
+	var doc []byte
+	err = tx.QueryRowContext(ctx, `SELECT doc FROM transactions WHERE origin = ? OR (key = ? AND holds = 1) ORDER BY origin = ? DESC LIMIT 1`, t.Origin, t.Key, t.Origin).Scan(&doc)
+	if err == nil {
+		existing := &txn.Transaction{}
+		if err := json.Unmarshal(doc, existing); err != nil {
+			return nil, false, fmt.Errorf("create txn: decode existing: %w", err)
+		}
+		return existing, false, nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return nil, false, fmt.Errorf("create txn: look up: %w", err)
+	}
+	t.Version = 1
+	if err := insertTxn(ctx, tx, t); err != nil {
+		return nil, false, err
+	}
+	if err := insertJournal(ctx, tx, e); err != nil {
+		return nil, false, err
+	}
+	if err := tx.Commit(); err != nil {
+		t.Version = 0
+		return nil, false, fmt.Errorf("create txn: commit: %w", err)
+	}
+	return nil, true, nil
+}
+
+func holds(st txn.State) int {
+	if st.Holds() {
+		return 1
+	}
+	return 0
+}
+
+func insertTxn(ctx context.Context, tx *sql.Tx, t *txn.Transaction) error {
+	doc, err := json.Marshal(t)
+	if err != nil {
+		return fmt.Errorf("create txn %s: encode: %w", t.ID, err)
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO transactions(id, key, origin, action, state, holds, event_id, created_at, updated_at, version, doc) VALUES (?,?,?,?,?,?,?,?,?,?,?)`,
+		t.ID, t.Key, t.Origin, t.Action, string(t.State), holds(t.State), t.EventID, nanos(t.CreatedAt), nanos(t.UpdatedAt), t.Version, doc)
+	if err != nil {
+		return fmt.Errorf("create txn %s: insert: %w", t.ID, err)
+	}
+	return nil
+}
+
+func insertJournal(ctx context.Context, tx *sql.Tx, e txn.JournalEntry) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO journal(txn_id, seq, from_state, to_state, at, detail) VALUES (?,?,?,?,?,?)`,
+		e.TxnID, e.Seq, string(e.From), string(e.To), nanos(e.At), e.Detail)
+	if err != nil {
+		return fmt.Errorf("journal txn %s #%d: %w", e.TxnID, e.Seq, err)
+	}
+	return nil
+}
+
+// UpdateTxn persists a transition with optimistic concurrency.
+func (s *Store) UpdateTxn(ctx context.Context, t *txn.Transaction, e txn.JournalEntry) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("update txn %s: begin: %w", t.ID, err)
+	}
+	defer tx.Rollback()
+	next := *t
+	next.Version = t.Version + 1
+	doc, err := json.Marshal(&next)
+	if err != nil {
+		return fmt.Errorf("update txn %s: encode: %w", t.ID, err)
+	}
+	res, err := tx.ExecContext(ctx, `UPDATE transactions SET state = ?, holds = ?, updated_at = ?, version = ?, doc = ? WHERE id = ? AND version = ?`,
+		string(t.State), holds(t.State), nanos(t.UpdatedAt), next.Version, doc, t.ID, t.Version)
+	if err != nil {
+		if strings.Contains(err.Error(), "UNIQUE") {
+			return fmt.Errorf("update txn %s: key %s is held by another transaction: %w", t.ID, t.Key, store.ErrConflict)
+		}
+		return fmt.Errorf("update txn %s: %w", t.ID, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("update txn %s at version %d: %w", t.ID, t.Version, store.ErrConflict)
+	}
+	if err := insertJournal(ctx, tx, e); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("update txn %s: commit: %w", t.ID, err)
+	}
+	t.Version = next.Version
+	return nil
+}
+
+func decodeTxns(rows *sql.Rows) ([]*txn.Transaction, error) {
+	defer rows.Close()
+	var out []*txn.Transaction
+	for rows.Next() {
+		var doc []byte
+		if err := rows.Scan(&doc); err != nil {
+			return nil, fmt.Errorf("read transactions: %w", err)
+		}
+		t := &txn.Transaction{}
+		if err := json.Unmarshal(doc, t); err != nil {
+			return nil, fmt.Errorf("decode transaction: %w", err)
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+// GetTxn returns one transaction.
+func (s *Store) GetTxn(ctx context.Context, id string) (*txn.Transaction, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT doc FROM transactions WHERE id = ?`, id)
+	if err != nil {
+		return nil, fmt.Errorf("get txn %s: %w", id, err)
+	}
+	ts, err := decodeTxns(rows)
+	if err != nil {
+		return nil, err
+	}
+	if len(ts) == 0 {
+		return nil, fmt.Errorf("transaction %s: %w", id, store.ErrNotFound)
+	}
+	return ts[0], nil
+}
+
+// ListTxns lists transactions newest first.
+func (s *Store) ListTxns(ctx context.Context, f txn.Filter) ([]*txn.Transaction, error) {
+	q := `SELECT doc FROM transactions WHERE 1=1`
+	var args []any
+	if len(f.States) > 0 {
+		q += ` AND state IN (?` + strings.Repeat(",?", len(f.States)-1) + `)`
+		for _, st := range f.States {
+			args = append(args, string(st))
+		}
+	}
+	if f.EventID != "" {
+		q += ` AND event_id = ?`
+		args = append(args, f.EventID)
+	}
+	if f.Action != "" {
+		q += ` AND action = ?`
+		args = append(args, f.Action)
+	}
+	q += ` ORDER BY created_at DESC, id DESC LIMIT ?`
+	args = append(args, limit(f.Limit))
+	rows, err := s.r.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list transactions: %w", err)
+	}
+	return decodeTxns(rows)
+}
+
+// NonTerminal returns every transaction not yet in a terminal state.
+func (s *Store) NonTerminal(ctx context.Context) ([]*txn.Transaction, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT doc FROM transactions WHERE holds = 1 ORDER BY created_at`)
+	if err != nil {
+		return nil, fmt.Errorf("list non-terminal transactions: %w", err)
+	}
+	return decodeTxns(rows)
+}
+
+// Journal returns a transaction's journal in order.
+func (s *Store) Journal(ctx context.Context, id string) ([]txn.JournalEntry, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT seq, from_state, to_state, at, detail FROM journal WHERE txn_id = ? ORDER BY seq`, id)
+	if err != nil {
+		return nil, fmt.Errorf("journal of %s: %w", id, err)
+	}
+	defer rows.Close()
+	var out []txn.JournalEntry
+	for rows.Next() {
+		var e txn.JournalEntry
+		var from, to string
+		var at int64
+		if err := rows.Scan(&e.Seq, &from, &to, &at, &e.Detail); err != nil {
+			return nil, fmt.Errorf("journal of %s: %w", id, err)
+		}
+		e.TxnID, e.From, e.To, e.At = id, txn.State(from), txn.State(to), time.Unix(0, at).UTC()
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}

@@ -163,7 +163,7 @@ func TestParseFormats(t *testing.T) {
 func TestParseErrorsNameTheLine(t *testing.T) {
 	for _, c := range []struct {
 		format, body, want string
-		cfg             FeedConfig
+		cfg                FeedConfig
 	}{
 		{FormatNetset, "1.2.3.4\n1.2.3\n", "line 2", FeedConfig{}},
 		{FormatNetset, "# only comments\n", "no entries", FeedConfig{}},

@@ -68,13 +68,13 @@ type PublicKey struct {
 }
 
 // DefaultConfig returns the defaults: disabled, query data.quell.decision,
-// watch on with a 250ms debounce, 50ms evaluation timeout.
+// watch on with a 250ms debounce, 1s evaluation timeout.
 func DefaultConfig() Config {
 	return Config{
 		Query:         DefaultQuery,
 		Watch:         true,
 		WatchDebounce: 250 * time.Millisecond,
-		Timeout:       50 * time.Millisecond,
+		Timeout:       time.Second,
 	}
 }
 

@@ -37,6 +37,7 @@ func (e *Engine) Decide(ctx context.Context, in txn.DecisionInput) (txn.Decision
 			got, err := e.incidents.PolicyIncident(ctx, id)
 			if err != nil {
 				d := e.failClosed(span, fmt.Errorf("look up incident %s for policy: %w", id, err), "")
+				e.m.decisions.WithLabelValues(string(d.Verdict)).Inc()
 				return d, nil
 			}
 			if got.ID == "" {
@@ -55,20 +56,19 @@ func (e *Engine) Decide(ctx context.Context, in txn.DecisionInput) (txn.Decision
 func (e *Engine) Evaluate(ctx context.Context, in Input) txn.Decision {
 	start := time.Now()
 	p := e.cur.Load() // the query in force now; a concurrent reload does not affect this decision
+	var d txn.Decision
 	value, hash, err := encodeInput(in)
 	if err != nil {
-		d := e.failClosed(trace.SpanFromContext(ctx), err, "")
-		d.PolicyRevision = p.revision
-		return d
-	}
-	ectx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
-	defer cancel()
-	rs, err := p.query.Eval(ectx, rego.EvalInput(value))
-	var d txn.Decision
-	if err != nil {
-		d = e.failClosed(trace.SpanFromContext(ctx), fmt.Errorf("evaluate %s: %w", e.cfg.Query, err), hash)
-	} else if d, err = parseDecision(rs, e.cfg.Query); err != nil {
-		d = e.failClosed(trace.SpanFromContext(ctx), err, hash)
+		d = e.failClosed(trace.SpanFromContext(ctx), err, "")
+	} else {
+		ectx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+		rs, err := p.query.Eval(ectx, rego.EvalInput(value))
+		cancel()
+		if err != nil {
+			d = e.failClosed(trace.SpanFromContext(ctx), fmt.Errorf("evaluate %s: %w", e.cfg.Query, err), hash)
+		} else if d, err = parseDecision(rs, e.cfg.Query); err != nil {
+			d = e.failClosed(trace.SpanFromContext(ctx), err, hash)
+		}
 	}
 	d.Engine = EngineName
 	d.PolicyRevision = p.revision
@@ -102,7 +102,6 @@ func (e *Engine) failClosed(span trace.Span, err error, hash string) txn.Decisio
 	if p := e.cur.Load(); p != nil {
 		d.PolicyRevision = p.revision
 	}
-	e.m.decisions.WithLabelValues(string(d.Verdict)).Inc()
 	return d
 }
 

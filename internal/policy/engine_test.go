@@ -122,18 +122,18 @@ func TestGuardDutyDecisions(t *testing.T) {
 		"inc-snapshot": {ID: "inc-snapshot", Evidence: []string{"aws.snapshot", "kube.capture_logs", "aws.snapshot"}},
 	}
 	tests := []struct {
-		name        string
-		dir         string
-		risk        string
-		spec        action.Spec
-		targets     []action.Target
-		incident    string
-		verdict     txn.Verdict
-		reason      string // a substring of one reason
-		approvers   int
-		group       string
-		timeout     time.Duration
-		maxTTL      time.Duration
+		name      string
+		dir       string
+		risk      string
+		spec      action.Spec
+		targets   []action.Target
+		incident  string
+		verdict   txn.Verdict
+		reason    string // a substring of one reason
+		approvers int
+		group     string
+		timeout   time.Duration
+		maxTTL    time.Duration
 	}{
 		{name: "above threshold allowed", dir: shipped, risk: "HIGH", spec: disableKeySpec, targets: keyTarget,
 			verdict: txn.Allow, reason: "credential revocation allowed", maxTTL: 24 * time.Hour},

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"github.com/prometheus/client_golang/prometheus"
@@ -221,6 +222,19 @@ func (b *Backend) rules(chain string) [][]expr.Any {
 		dirs = []Direction{In, Out}
 	}
 	var out [][]expr.Any
+	if chain == "input" {
+		// ct state invalid counter: a rule that uses conntrack makes the
+		// kernel track connections in this namespace (it is otherwise
+		// enabled only on demand), so the blast-radius guard and the
+		// flow cut always have a live table to read.
+		out = append(out, []expr.Any{
+			&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitINVALID), Xor: make([]byte, 4)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+			&expr.Counter{},
+		})
+	}
 	for _, dir := range dirs {
 		for _, v6 := range []bool{false, true} {
 			for _, s := range allSets() {
@@ -382,7 +396,7 @@ func (b *Backend) upsert(els []Element) error {
 		name := e.setName()
 		o := ops[name]
 		if o == nil {
-			o = &setOps{set: b.sets[name]}
+			o = &setOps{}
 			ops[name] = o
 			order = append(order, name)
 		}
@@ -400,6 +414,7 @@ func (b *Backend) upsert(els []Element) error {
 	// ENOENT the way a bare delete of a missing element would.
 	for _, name := range order {
 		o := ops[name]
+		o.set = b.sets[name]
 		if err := b.queue(o.set, o.keep, false); err != nil {
 			return err
 		}

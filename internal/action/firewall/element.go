@@ -209,7 +209,7 @@ func (e Element) kernelElements(timeout time.Duration) []nftables.SetElement {
 		return append(b, p[:]...)
 	}
 	switch {
-	case e.isHost():
+	case e.isHost() && e.Kind == KindBlock: // allow sets are always interval sets
 		return []nftables.SetElement{{Key: port(first.AsSlice()), Timeout: timeout, Comment: e.Owner}}
 	case e.Port != 0:
 		// Concatenated ranges (pipapo): one element with its end key.

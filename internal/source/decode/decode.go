@@ -172,7 +172,16 @@ func Wrap(prefix string, err error) error {
 	}
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
-		return &event.FieldError{Field: joinRoot(prefix, te.Field), Reason: fmt.Sprintf("cannot use JSON %s as %s", te.Value, te.Type)}
+		want := te.Type.String()
+		switch want {
+		case "int64", "int":
+			want = "integer"
+		case "float64":
+			want = "number"
+		case "time.Time":
+			want = "timestamp"
+		}
+		return &event.FieldError{Field: joinRoot(prefix, te.Field), Reason: fmt.Sprintf("cannot use JSON %s as %s", te.Value, want)}
 	}
 	var se *json.SyntaxError
 	if errors.As(err, &se) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -36,7 +37,7 @@ func (n *Int) UnmarshalJSON(b []byte) error {
 	}
 	v, ok := ParseInt(s)
 	if !ok {
-		return fmt.Errorf("not an integer: %.40q", s)
+		return typeErr(b, "integer")
 	}
 	*n = Int(v)
 	return nil
@@ -76,7 +77,7 @@ func (n *Float) UnmarshalJSON(b []byte) error {
 	}
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-		return fmt.Errorf("not a number: %.40q", s)
+		return typeErr(b, "number")
 	}
 	*n = Float(f)
 	return nil
@@ -102,7 +103,7 @@ func (s *String) UnmarshalJSON(b []byte) error {
 		*s = String(v)
 		return nil
 	case '{', '[':
-		return fmt.Errorf("expected a scalar, got an %s", map[byte]string{'{': "object", '[': "array"}[b[0]])
+		return typeErr(b, "string")
 	}
 	*s = String(b)
 	return nil
@@ -129,19 +130,38 @@ func (t *Time) UnmarshalJSON(b []byte) error {
 		}
 		v, err := ParseTime(s)
 		if err != nil {
-			return err
+			return typeErr(b, "timestamp")
 		}
 		t.Time = v
 		return nil
 	case '0':
 		v, err := ParseTime(string(b))
 		if err != nil {
-			return err
+			return typeErr(b, "timestamp")
 		}
 		t.Time = v
 		return nil
 	}
-	return fmt.Errorf("expected a timestamp")
+	return typeErr(b, "timestamp")
+}
+
+// typeErr is a *json.UnmarshalTypeError so that encoding/json fills in the
+// path of the field, which decode.Wrap turns into a FieldError.
+func typeErr(b []byte, want string) error {
+	v := string(b)
+	if len(v) > 40 {
+		v = v[:40] + "…"
+	}
+	t := reflect.TypeFor[string]()
+	switch want {
+	case "integer":
+		t = reflect.TypeFor[int64]()
+	case "number":
+		t = reflect.TypeFor[float64]()
+	case "timestamp":
+		t = reflect.TypeFor[time.Time]()
+	}
+	return &json.UnmarshalTypeError{Value: v, Type: t}
 }
 
 var goTimeString = regexp.MustCompile(`^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d{1,9})?) ([+-]\d{4})(?: [A-Za-z0-9+-]{1,10})?(?: m=[+-][0-9.]+)?$`)

@@ -210,6 +210,11 @@ func (e *Event) Normalize(now time.Time) {
 	if e.ReceivedAt.IsZero() {
 		e.ReceivedAt = now.UTC()
 	}
+	// The fingerprint is taken before the time is defaulted: a redelivery
+	// of an event without its own time must still match the first copy.
+	if e.Fingerprint == "" {
+		e.Fingerprint = e.ComputeFingerprint()
+	}
 	if e.Time.IsZero() {
 		e.Time = e.ReceivedAt
 	}
@@ -220,9 +225,6 @@ func (e *Event) Normalize(now time.Time) {
 	if e.Count == 0 {
 		e.Count = 1
 	}
-	if e.Fingerprint == "" {
-		e.Fingerprint = e.ComputeFingerprint()
-	}
 }
 
 // ComputeFingerprint is the dedup key: the same detection on the same
@@ -230,7 +232,11 @@ func (e *Event) Normalize(now time.Time) {
 // webhook redelivers it.
 func (e *Event) ComputeFingerprint() string {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\x00%s\x00", e.Source, e.Rule, e.Type, e.Time.UTC().Format(time.RFC3339Nano), e.Status)
+	ts := ""
+	if !e.Time.IsZero() {
+		ts = e.Time.UTC().Format(time.RFC3339Nano)
+	}
+	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\x00%s\x00", e.Source, e.Rule, e.Type, ts, e.Status)
 	for _, k := range e.Entities() {
 		fmt.Fprintf(h, "%s=%s\x00", k.Kind, k.Value)
 	}

@@ -294,7 +294,7 @@ func (fs *Feeds) Lookup(addr netip.Addr) []event.ThreatSource {
 	var out []event.ThreatSource
 	for _, f := range fs.feeds {
 		if in, ok := lookup(f.cur.Load(), addr, fs.now); ok {
-			out = append(out, event.ThreatSource{Name: f.cfg.Name, Score: float64(in.score), Note: f.note})
+			out = append(out, event.ThreatSource{Name: f.cfg.Name, Score: in.score, Note: f.note})
 		}
 	}
 	return out

@@ -22,7 +22,7 @@ import (
 // indicator is the value stored per prefix. Times are Unix seconds; 0 means
 // unbounded. It is kept small because a feed can hold millions of them.
 type indicator struct {
-	score float32
+	score float64
 	from  int64
 	until int64
 }
@@ -90,7 +90,7 @@ func parseNetset(r io.Reader, score float64) (*table, error) {
 		if err != nil {
 			return nil, fmt.Errorf("line %d: %w", line, err)
 		}
-		insert(t.t, p, indicator{score: float32(score)})
+		insert(t.t, p, indicator{score: score})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("line %d: %w", line+1, err)
@@ -154,7 +154,7 @@ func parseCSV(r io.Reader, ipCol, scoreCol string, scale, defScore float64) (*ta
 				return nil, fmt.Errorf("line %d: column %s: %v out of range 0..%v", line, scoreCol, v, scale)
 			}
 		}
-		insert(t.t, p, indicator{score: float32(s)})
+		insert(t.t, p, indicator{score: s})
 	}
 	return t, nil
 }
@@ -247,12 +247,12 @@ func parseSTIX(r io.Reader, defScore float64) (*table, error) {
 			t.skipped++
 			continue
 		}
-		in := indicator{score: float32(defScore)}
+		in := indicator{score: defScore}
 		if o.Confidence != nil {
 			if *o.Confidence < 0 || *o.Confidence > 100 {
 				return nil, fmt.Errorf("objects[%d] (%s).confidence: %d out of range 0..100", i, o.ID, *o.Confidence)
 			}
-			in.score = float32(*o.Confidence) / 100
+			in.score = float64(*o.Confidence) / 100
 		}
 		if o.ValidFrom != nil {
 			in.from = o.ValidFrom.Unix()

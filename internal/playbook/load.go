@@ -115,6 +115,9 @@ func Load(ctx context.Context, paths []string, reg *action.Registry, opts ...Opt
 	}
 	set.metrics, set.log, set.tracer = o.metrics, o.log, tracer
 	if o.metrics != nil {
+		for _, pb := range set.playbooks {
+			pb.counters = o.metrics.countersFor(pb.Name)
+		}
 		o.metrics.loads.WithLabelValues("success").Inc()
 		o.metrics.loaded.Set(float64(len(set.playbooks)))
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/google/cel-go/cel"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -51,7 +52,14 @@ type Playbook struct {
 	Priority    int    `json:"priority"`
 	Steps       []Step `json:"steps"`
 
-	prg cel.Program
+	prg      cel.Program
+	counters *evalCounters // nil without metrics
+}
+
+// evalCounters are one playbook's counters, resolved once at load so that
+// evaluation does not look label values up per event.
+type evalCounters struct {
+	match, nomatch, fail, stepErr prometheus.Counter
 }
 
 // Step is one step of a playbook.
@@ -174,22 +182,28 @@ func (s *Set) EvaluateInput(ctx context.Context, in Input) ([]Plan, []EvalError)
 		matched, err := pb.match(ctx, vars)
 		switch {
 		case err != nil:
-			s.count(pb.Name, "error")
+			if c := pb.counters; c != nil {
+				c.fail.Inc()
+			}
 			errs = append(errs, EvalError{Playbook: pb.Name, Step: -1, Err: err})
 			continue
 		case !matched:
-			s.count(pb.Name, "nomatch")
+			if c := pb.counters; c != nil {
+				c.nomatch.Inc()
+			}
 			continue
 		}
-		s.count(pb.Name, "match")
+		if c := pb.counters; c != nil {
+			c.match.Inc()
+		}
 		for i := range pb.Steps {
 			st := &pb.Steps[i]
 			params, perr := st.render(vars)
 			if perr != nil {
 				perr.Playbook, perr.Step, perr.StepName = pb.Name, i, st.Name
 				errs = append(errs, *perr)
-				if s.metrics != nil {
-					s.metrics.stepErrors.WithLabelValues(pb.Name).Inc()
+				if c := pb.counters; c != nil {
+					c.stepErr.Inc()
 				}
 				continue
 			}
@@ -212,9 +226,12 @@ func (s *Set) EvaluateInput(ctx context.Context, in Input) ([]Plan, []EvalError)
 	return plans, errs
 }
 
-func (s *Set) count(name, result string) {
-	if s.metrics != nil {
-		s.metrics.evaluations.WithLabelValues(name, result).Inc()
+func (m *Metrics) countersFor(name string) *evalCounters {
+	return &evalCounters{
+		match:   m.evaluations.WithLabelValues(name, "match"),
+		nomatch: m.evaluations.WithLabelValues(name, "nomatch"),
+		fail:    m.evaluations.WithLabelValues(name, "error"),
+		stepErr: m.stepErrors.WithLabelValues(name),
 	}
 }
 

@@ -22,7 +22,9 @@ import (
 // Evaluate only read specs; nothing is ever built here.
 func testRegistry(t testing.TB) *action.Registry {
 	t.Helper()
-	never := func(action.Values) (action.Action, error) { return nil, errors.New("playbook tests never build actions") }
+	never := func(action.Values) (action.Action, error) {
+		return nil, errors.New("playbook tests never build actions")
+	}
 	reg := action.NewRegistry()
 	reg.MustRegister(action.Definition{Spec: action.Spec{Name: "firewall.block", Provider: "test", Params: []action.Param{
 		{Name: "address", Type: action.TypeCIDR, Required: true},

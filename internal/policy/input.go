@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -173,24 +172,19 @@ func sortedUnique(in []string) []string {
 }
 
 // encodeInput turns the input into the generic value OPA evaluates and the
-// sha256 of its canonical JSON (object keys sorted, no insignificant
-// whitespace, numbers as written), so that the same question always hashes
-// the same and a recorded decision can be replayed.
+// sha256 of its JSON encoding. The encoding is deterministic: struct fields
+// in declaration order, map keys sorted, no insignificant whitespace (the
+// raw event document, when included, is compacted but keeps its own key
+// order). The same question always hashes the same, so a recorded decision
+// can be matched with its replay.
 func encodeInput(in Input) (value any, hash string, err error) {
 	b, err := json.Marshal(in)
 	if err != nil {
 		return nil, "", fmt.Errorf("encode policy input: %w", err)
 	}
+	sum := sha256.Sum256(b)
 	if err := util.UnmarshalJSON(b, &value); err != nil {
 		return nil, "", fmt.Errorf("decode policy input: %w", err)
 	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(value); err != nil {
-		return nil, "", fmt.Errorf("canonicalize policy input: %w", err)
-	}
-	canon := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
-	sum := sha256.Sum256(canon)
 	return value, "sha256:" + hex.EncodeToString(sum[:]), nil
 }

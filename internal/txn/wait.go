@@ -54,3 +54,25 @@ func (e *Engine) WaitResting(ctx context.Context, id string) (*Transaction, erro
 		}
 	}
 }
+
+// Get returns a transaction.
+func (e *Engine) Get(ctx context.Context, id string) (*Transaction, error) {
+	return e.store.GetTxn(ctx, id)
+}
+
+// WaitChange blocks until the transaction's version differs from v or ctx
+// ends.
+func (e *Engine) WaitChange(ctx context.Context, id string, v int64) {
+	for {
+		c := e.waiters.add(id)
+		t, err := e.store.GetTxn(ctx, id)
+		if err != nil || t.Version != v {
+			return
+		}
+		select {
+		case <-c:
+		case <-ctx.Done():
+			return
+		}
+	}
+}

@@ -66,20 +66,35 @@ func (bt *batcher) run() {
 		}
 		batch := []*batchReq{first}
 		n := len(first.els)
-		timer := time.NewTimer(bt.linger)
-	collect:
+		// Take whatever queued while the previous flush was in flight
+		// (group commit): under load batches grow by themselves, and an
+		// idle backend flushes a lone request at once.
+	drain:
 		for n < bt.max {
 			select {
 			case r := <-bt.reqs:
 				batch = append(batch, r)
 				n += len(r.els)
-			case <-timer.C:
-				break collect
-			case <-bt.done:
-				break collect
+			default:
+				break drain
 			}
 		}
-		timer.Stop()
+		if bt.linger > 0 && n < bt.max {
+			timer := time.NewTimer(bt.linger)
+		collect:
+			for n < bt.max {
+				select {
+				case r := <-bt.reqs:
+					batch = append(batch, r)
+					n += len(r.els)
+				case <-timer.C:
+					break collect
+				case <-bt.done:
+					break collect
+				}
+			}
+			timer.Stop()
+		}
 		bt.flush(batch, n)
 	}
 }

@@ -60,7 +60,7 @@ func DefaultConfig() Config {
 		BlastRadiusMaxShare: 0.30,
 		BlastRadiusMinFlows: 20,
 		BatchMaxElements:    1024,
-		BatchLinger:         300 * time.Microsecond,
+		BatchLinger:         0,
 		VerifyTolerance:     2 * time.Second,
 	}
 }

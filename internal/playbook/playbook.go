@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
 	"strings"
 	"text/template"
 	"time"
@@ -321,7 +322,32 @@ func buildVars(in Input) map[string]any {
 	if in.Incident != nil {
 		vars["incident"] = in.Incident
 	}
+	for k, v := range vars {
+		vars[k] = integralNumbers(v)
+	}
 	return vars
+}
+
+// integralNumbers turns JSON's whole-number doubles into int64, in place, so
+// that a template prints a port 10000 as "10000", not "1e+04", and CEL sees
+// event.severity_id as the int it is. Fractions stay doubles; CEL compares
+// across the two.
+func integralNumbers(v any) any {
+	switch x := v.(type) {
+	case float64:
+		if x == math.Trunc(x) && math.Abs(x) <= 1<<53 {
+			return int64(x)
+		}
+	case map[string]any:
+		for k, e := range x {
+			x[k] = integralNumbers(e)
+		}
+	case []any:
+		for i, e := range x {
+			x[i] = integralNumbers(e)
+		}
+	}
+	return v
 }
 
 // toMap renders a value as the generic map expressions see, through JSON so

@@ -343,12 +343,24 @@ func TestEvaluate(t *testing.T) {
 	}
 }
 
-func TestRenderedPortIsPlainInteger(t *testing.T) {
-	set := loadOne(t, pb("true", "    - {action: kube.label, params: {namespace: prod, pod: web, port: '{{ .event.dst_endpoint.port }}'}}\n"))
+func TestRenderedNumbers(t *testing.T) {
+	set := loadOne(t, pb("event.dst_endpoint.port == 10000 && risk.score > 72.0", `    - action: kube.label
+      params: {namespace: prod, pod: web, port: '{{ .event.dst_endpoint.port }}'}
+    - action: log
+      params: {message: 'asn={{ .event.src_endpoint.asn }} score={{ .risk.score }} threat={{ .enrichment.threat.score }}'}
+`))
 	ev, ec := bfEvent("203.0.113.9")
+	ev.DstEndpoint.Port = 10000
+	ev.SrcEndpoint.ASN = 4200000000
 	plans, errs := set.Evaluate(context.Background(), ev, ec)
-	if len(errs) != 0 || len(plans) != 1 || plans[0].Params["port"] != "22" {
+	if len(errs) != 0 || len(plans) != 2 {
 		t.Fatalf("plans %+v errs %v", plans, errs)
+	}
+	if got := plans[0].Params["port"]; got != "10000" {
+		t.Errorf("port = %q", got)
+	}
+	if got := plans[1].Params["message"]; got != "asn=4200000000 score=72.5 threat=0.9" {
+		t.Errorf("message = %q", got)
 	}
 }
 

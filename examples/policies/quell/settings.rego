@@ -18,6 +18,7 @@ default_settings := {
 		"aws.revoke_sessions",
 		"aws.quarantine_user",
 		"kube.revoke_service_account",
+		"kube.disable_service_account",
 	],
 	# Actions that destroy state, in addition to those whose spec says so.
 	"eradication_actions": ["kube.delete_pod", "aws.terminate_instance"],

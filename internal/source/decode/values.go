@@ -188,7 +188,7 @@ func ParseTime(s string) (time.Time, error) {
 	}
 	if f, err := strconv.ParseFloat(s, 64); err == nil && !math.IsNaN(f) && !math.IsInf(f, 0) && f > 0 && f < 1e11 {
 		sec, frac := math.Modf(f)
-		return time.Unix(int64(sec), int64(frac*1e9)).UTC(), nil
+		return time.Unix(int64(sec), int64(math.Round(frac*1e6))*1000).UTC(), nil // float seconds carry microseconds at best
 	}
 	return time.Time{}, fmt.Errorf("unrecognised timestamp %.60q", s)
 }

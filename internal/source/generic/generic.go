@@ -197,28 +197,28 @@ func (p *Parser) Parse(body []byte) (decode.Result, error) {
 			return decode.Result{}, decode.Wrap(d.Path, err)
 		}
 		if p.events == nil {
-			if err := p.one(&res, decode.Join(d.Path, "$"), doc, d.Raw); err != nil {
+			if err := p.one(&res, d.Path, doc, d.Raw); err != nil {
 				return decode.Result{}, err
 			}
 			continue
 		}
 		v, ok := p.events.Lookup(doc)
 		if !ok {
-			return decode.Result{}, event.Errorf(decode.Join(d.Path, p.events.String()), "no events at this path")
+			return decode.Result{}, event.Errorf(rootIfEmpty(decode.Join(d.Path, p.events.field())), "no events at this path")
 		}
 		items, ok := v.([]any)
 		if !ok {
 			items = []any{v}
 		}
 		if len(items) > decode.MaxDocuments {
-			return decode.Result{}, event.Errorf(decode.Join(d.Path, p.events.String()), "more than %d events", decode.MaxDocuments)
+			return decode.Result{}, event.Errorf(rootIfEmpty(decode.Join(d.Path, p.events.field())), "more than %d events", decode.MaxDocuments)
 		}
 		for i, it := range items {
 			raw, err := json.Marshal(it)
 			if err != nil {
 				return decode.Result{}, decode.Wrap(d.Path, err)
 			}
-			if err := p.one(&res, fmt.Sprintf("%s[%d]", decode.Join(d.Path, p.events.String()), i), it, raw); err != nil {
+			if err := p.one(&res, fmt.Sprintf("%s[%d]", decode.Join(d.Path, strings.TrimSuffix(p.events.field(), "[*]")), i), it, raw); err != nil {
 				return decode.Result{}, err
 			}
 		}
@@ -242,7 +242,7 @@ var idRE = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,100}$`)
 
 func (p *Parser) one(res *decode.Result, path string, doc any, raw []byte) error {
 	if _, ok := doc.(map[string]any); !ok {
-		return event.Errorf(path, "expected an object")
+		return event.Errorf(rootIfEmpty(path), "expected an object")
 	}
 	get := func(f string) string {
 		pt, ok := p.fields[f]
@@ -256,7 +256,7 @@ func (p *Parser) one(res *decode.Result, path string, doc any, raw []byte) error
 		return decode.Clip(strings.TrimSpace(scalar(v)))
 	}
 	fieldErr := func(f, format string, args ...any) error {
-		return event.Errorf(decode.Join(path, p.fields[f].String()), format, args...)
+		return event.Errorf(rootIfEmpty(decode.Join(path, p.fields[f].field())), format, args...)
 	}
 	e := event.Event{Source: p.source, Raw: append(json.RawMessage(nil), raw...)}
 	if id := get("id"); id != "" {
@@ -412,4 +412,11 @@ func sortedPathKeys(m map[string]Path) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+func rootIfEmpty(p string) string {
+	if p == "" {
+		return "$"
+	}
+	return p
 }

@@ -44,7 +44,7 @@ func TestEventsPath(t *testing.T) {
 	}
 	_, err = p.Parse([]byte(`{"alerts":[{"name":"a","ip":"not-an-ip"}]}`))
 	var fe *event.FieldError
-	if !errors.As(err, &fe) || fe.Field != "$.alerts[*][0].$.ip" {
+	if !errors.As(err, &fe) || fe.Field != "alerts[0].ip" {
 		t.Fatalf("error %v", err)
 	}
 }

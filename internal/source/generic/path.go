@@ -143,3 +143,10 @@ func eval(v any, steps []step) (any, bool) {
 	}
 	return v, true
 }
+
+// field renders the first alternative without its "$." root, the way
+// error paths name fields ("client.addr", "alerts[2].name").
+func (p Path) field() string {
+	first := strings.TrimSpace(strings.Split(p.src, "|")[0])
+	return strings.TrimPrefix(strings.TrimPrefix(first, "$"), ".")
+}

@@ -157,6 +157,8 @@ func build(t *testing.T, reg *action.Registry, name string, params map[string]st
 }
 
 // awaitReach polls until get succeeds or the deadline passes.
+var noAddr netip.Addr
+
 func awaitReach(h *netns.Host, src netip.Addr, addr string, within time.Duration) error {
 	deadline := time.Now().Add(within)
 	var err error

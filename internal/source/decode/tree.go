@@ -16,6 +16,11 @@ func ParseTree(raw []byte) (Tree, error) {
 	if len(raw) == 0 {
 		return Tree{}, nil
 	}
+	// Documents nested inside strings (a bucket policy) were not seen by
+	// Split's depth check.
+	if err := CheckDepth(raw, MaxDepth); err != nil {
+		return Tree{}, err
+	}
 	var v any
 	d := json.NewDecoder(strings.NewReader(string(raw)))
 	d.UseNumber()

@@ -24,6 +24,7 @@ import (
 	"github.com/quell-ir/quell/internal/intake"
 	"github.com/quell-ir/quell/internal/pipeline"
 	"github.com/quell-ir/quell/internal/playbook"
+	"github.com/quell-ir/quell/internal/policy"
 	"github.com/quell-ir/quell/internal/server"
 	"github.com/quell-ir/quell/internal/store/sqlite"
 	"github.com/quell-ir/quell/internal/txn"
@@ -51,6 +52,7 @@ type App struct {
 	Committer *intake.Committer
 	Pipeline  *pipeline.Pipeline
 	Protected *netclass.Table
+	Policy    *policy.Engine // nil when policy is disabled
 	handler   http.Handler
 	pbMetrics *playbook.Metrics
 
@@ -95,8 +97,19 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		st.Close()
 		return nil, err
 	}
+	var dec txn.Decider = txn.AllowAll{}
+	if cfg.Policy.Enabled {
+		pe, err := policy.New(ctx, cfg.Policy, policy.Options{
+			Logger: a.log.With("component", "policy"), Registerer: a.Metrics, Incidents: evidence{st},
+		})
+		if err != nil {
+			st.Close()
+			return nil, fmt.Errorf("policy: %w", err)
+		}
+		a.Policy, dec = pe, pe
+	}
 	eng, err := txn.New(cfg.Engine, txn.Deps{
-		Store: st, Registry: a.Registry, Protectors: []txn.Protector{prot},
+		Store: st, Registry: a.Registry, Protectors: []txn.Protector{prot}, Decider: dec,
 		Logger: a.log.With("component", "txn"), Metrics: txn.NewMetrics(a.Metrics),
 	})
 	if err != nil {
@@ -170,13 +183,42 @@ func (a *App) loadPlaybooks(ctx context.Context) error {
 	return nil
 }
 
-// Reload re-reads playbooks. A failing reload keeps the old set and says why.
+// Reload re-reads playbooks and policies. A failing reload keeps the old
+// configuration and says why.
 func (a *App) Reload(ctx context.Context) error {
+	var errs []error
 	if err := a.loadPlaybooks(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	if a.Policy != nil {
+		if err := a.Policy.Reload(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("reload policy: %w", err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
 		a.log.Error("reload failed; keeping the previous configuration", "err", err)
 		return err
 	}
 	return nil
+}
+
+// evidence tells the policy which actions already completed for an
+// incident, so that eradication can require forensic capture first.
+type evidence struct{ st *sqlite.Store }
+
+func (e evidence) PolicyIncident(ctx context.Context, id string) (policy.Incident, error) {
+	inc := policy.Incident{ID: id, Evidence: []string{}}
+	if id == "" {
+		return inc, nil
+	}
+	ts, err := e.st.ListTxns(ctx, txn.Filter{IncidentID: id, States: []txn.State{txn.Completed, txn.Active}, Limit: 1000})
+	if err != nil {
+		return inc, fmt.Errorf("evidence of incident %s: %w", id, err)
+	}
+	for _, t := range ts {
+		inc.Evidence = append(inc.Evidence, t.Action)
+	}
+	return inc, nil
 }
 
 // Playbooks returns the loaded set (nil when none).
@@ -230,6 +272,10 @@ func (a *App) Start(ctx context.Context) error {
 	a.bg.Add(1)
 	go func() { defer a.bg.Done(); a.Committer.Run(bg) }()
 	a.Pipeline.Start(bg)
+	if a.Policy != nil && a.cfg.Policy.Watch {
+		a.bg.Add(1)
+		go func() { defer a.bg.Done(); a.Policy.Watch(bg) }()
+	}
 	ln, err := net.Listen("tcp", a.cfg.Server.Addr)
 	if err != nil {
 		cancel()

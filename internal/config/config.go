@@ -21,6 +21,7 @@ import (
 	"github.com/quell-ir/quell/internal/action/builtin"
 	"github.com/quell-ir/quell/internal/intake"
 	"github.com/quell-ir/quell/internal/pipeline"
+	"github.com/quell-ir/quell/internal/policy"
 	"github.com/quell-ir/quell/internal/txn"
 )
 
@@ -38,6 +39,7 @@ type Config struct {
 	Playbooks []string        `yaml:"playbooks"`
 	Tracing   Tracing         `yaml:"tracing"`
 	Actions   builtin.Config  `yaml:"actions"`
+	Policy    policy.Config   `yaml:"policy"`
 }
 
 // Server is the HTTP listener.
@@ -88,6 +90,7 @@ func Default() Config {
 		Engine:   txn.Config{}.WithDefaults(),
 		Tracing:  Tracing{SampleRatio: 1},
 		Actions:  builtin.DefaultConfig(),
+		Policy:   policy.DefaultConfig(),
 	}
 	return c
 }
@@ -324,13 +327,14 @@ func (c *Config) validate() []Error {
 				add(prefix, msg)
 				continue
 			}
-			add(prefix+"."+field, reason)
+			add(join(prefix, field), reason)
 		}
 	}
 	prefixed("intake", c.Intake.Validate())
 	prefixed("pipeline", c.Pipeline.Validate())
 	prefixed("engine", c.Engine.Validate())
 	prefixed("actions", c.Actions.Validate())
+	prefixed("", c.Policy.Validate())
 	for i, s := range c.Protected.CIDRs {
 		if _, err := netip.ParsePrefix(s); err != nil {
 			if _, err2 := netip.ParseAddr(s); err2 != nil {

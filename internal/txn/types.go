@@ -189,10 +189,11 @@ var (
 
 // Filter selects transactions for listing.
 type Filter struct {
-	States  []State
-	EventID string
-	Action  string
-	Limit   int
+	States     []State
+	EventID    string
+	IncidentID string
+	Action     string
+	Limit      int
 }
 
 // Store is the storage the engine needs. Backends in package store

@@ -493,6 +493,10 @@ func (s *Store) ListTxns(ctx context.Context, f txn.Filter) ([]*txn.Transaction,
 		q += ` AND event_id = ?`
 		args = append(args, f.EventID)
 	}
+	if f.IncidentID != "" {
+		q += ` AND json_extract(doc, '$.incident_id') = ?`
+		args = append(args, f.IncidentID)
+	}
 	if f.Action != "" {
 		q += ` AND action = ?`
 		args = append(args, f.Action)

@@ -187,7 +187,7 @@ func routine(n int, end time.Time) []event.Event {
 	r := rand.New(rand.NewPCG(5, 6))
 	var evs []event.Event
 	for i := 0; i < n; i++ {
-		day := end.Truncate(24*time.Hour).Add(-time.Duration(r.IntN(6)) * 24 * time.Hour)
+		day := end.Truncate(24 * time.Hour).Add(-time.Duration(r.IntN(6)) * 24 * time.Hour)
 		at := day.Add(time.Duration(9*60+r.IntN(8*60)) * time.Minute)
 		evs = append(evs, event.Event{Source: "falco", Type: "login", SeverityID: 2, Count: 1, Time: at,
 			SrcEndpoint: &event.Endpoint{IP: fmt.Sprintf("10.0.0.%d", r.IntN(20))}})

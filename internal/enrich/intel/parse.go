@@ -132,10 +132,10 @@ func parseCSV(r io.Reader, ipCol, scoreCol string, scale, defScore float64) (*ta
 		if errors.Is(err, io.EOF) {
 			break
 		}
-		line, _ := cr.FieldPos(0)
 		if err != nil {
-			return nil, fmt.Errorf("line %d: %w", line, err)
+			return nil, err // a *csv.ParseError names the line
 		}
+		line, _ := cr.FieldPos(0)
 		if ipIdx >= len(rec) || (scoreIdx >= 0 && scoreIdx >= len(rec)) {
 			return nil, fmt.Errorf("line %d: %d fields, too few", line, len(rec))
 		}

@@ -21,8 +21,11 @@ go vet ./...
 
 echo "== go test -race"
 # -p 2: two cores; integration packages start servers of their own.
-go test -race -count=1 -p 2 -timeout 30m ./... 2>&1 | tee /tmp/quell-test.log | grep -vE '^(=== RUN|--- PASS|PASS$)' || true
-status=${PIPESTATUS[0]}
+set +e
+go test -race -count=1 -p 2 -timeout 30m -v ./... >/tmp/quell-test.log 2>&1
+status=$?
+set -e
+grep -vE '^(=== (RUN|PAUSE|CONT)|\s*--- PASS|PASS$|\{")' /tmp/quell-test.log || true
 if [ "$status" -ne 0 ]; then
   echo "go test failed (exit $status)"
   exit "$status"

@@ -106,6 +106,22 @@ func (r *runner) stop() {
 	r.done <- context.Canceled // keep stop idempotent
 }
 
+// waitState waits until the tailer has opened the file and saved its
+// first state (its starting offset).
+func waitState(t *testing.T, cfg Config) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if m, _ := filepath.Glob(filepath.Join(cfg.StateDir, "*.offset.json")); len(m) > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("tailer never saved its state")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func appendTo(t *testing.T, path, s string) {
 	t.Helper()
 	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
@@ -147,6 +163,7 @@ func TestPartialLineWaitsForNewline(t *testing.T) {
 	appendTo(t, path, l[:40])
 	c := &collector{}
 	start(t, cfg, c)
+	waitState(t, cfg)
 	time.Sleep(5 * cfg.PollInterval) // nothing may arrive: the line is incomplete
 	if got := c.snapshot(); len(got) != 0 {
 		t.Fatalf("partial line delivered: %v", got)
@@ -229,7 +246,7 @@ func TestStartAtEnd(t *testing.T) {
 	appendTo(t, path, line(1))
 	c := &collector{}
 	start(t, cfg, c)
-	time.Sleep(3 * cfg.PollInterval)
+	waitState(t, cfg) // the starting offset (the end) is recorded
 	appendTo(t, path, line(2))
 	waitFor(t, c, msgs(2)...)
 }

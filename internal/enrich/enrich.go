@@ -257,7 +257,7 @@ func New(cfg Config, d Deps) (*Pipeline, error) {
 // Protector, to which the engine adds its host addresses and gateway.
 func (p *Pipeline) Protector() *netclass.Table { return p.net }
 
-// Start watches the feed and inventory files and reloads them on change,
+// Start watches the feed, GeoIP and inventory files and reloads them on change,
 // until ctx ends or Close is called.
 func (p *Pipeline) Start(ctx context.Context) {
 	p.mu.Lock()
@@ -273,6 +273,15 @@ func (p *Pipeline) Start(ctx context.Context) {
 			p.log.Error("threat feed watcher stopped", "err", err)
 		}
 	}()
+	if p.geo != nil {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			if err := p.geo.Watch(ctx, p.log, p.cfg.Intel.Debounce); err != nil {
+				p.log.Error("geoip watcher stopped", "err", err)
+			}
+		}()
+	}
 	if p.static != nil {
 		p.wg.Add(1)
 		go func() {

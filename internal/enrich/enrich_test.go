@@ -284,3 +284,26 @@ func TestValidate(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestStartReloadsFeedsAndClose(t *testing.T) {
+	cfg := fixture(t)
+	cfg.Intel.Debounce = 10 * time.Millisecond
+	p, _ := newPipeline(t, cfg)
+	p.Start(context.Background())
+	ev := sshBrute("198.51.100.77", "10.1.0.1")
+	if got := p.Enrich(context.Background(), ev); got.Threat.Score != 0 {
+		t.Fatalf("unlisted address scored %v", got.Threat.Score)
+	}
+	path := cfg.Intel.Feeds[0].Path
+	deadline := time.Now().Add(10 * time.Second)
+	for p.Enrich(context.Background(), ev).Threat.Score != 0.6 {
+		if time.Now().After(deadline) {
+			t.Fatal("feed change never reached the pipeline")
+		}
+		os.WriteFile(path, []byte("203.0.113.0/24\n198.51.100.77\n"), 0o644)
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -4,11 +4,17 @@
 package geoip
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
+	"sync"
+	"time"
 
 	"github.com/oschwald/maxminddb-golang/v2"
+
+	"github.com/quell-ir/quell/internal/enrich/watch"
 )
 
 // Config names the database files; either may be empty.
@@ -52,33 +58,85 @@ type asnRecord struct {
 	Org    string `maxminddb:"autonomous_system_organization"`
 }
 
-// DB is a pair of open databases. The files are memory-mapped.
+// DB is a pair of open databases. The files are memory-mapped, so a
+// reader must not be closed while a lookup uses it: lookups hold the read
+// lock, and Reload swaps under the write lock before closing the old pair.
 type DB struct {
+	cfg  Config
+	mu   sync.RWMutex
 	city *maxminddb.Reader
 	asn  *maxminddb.Reader
 }
 
 // Open opens the configured databases.
 func Open(c Config) (*DB, error) {
-	db := &DB{}
-	var err error
+	city, asn, err := open(c)
+	if err != nil {
+		return nil, err
+	}
+	return &DB{cfg: c, city: city, asn: asn}, nil
+}
+
+func open(c Config) (city, asn *maxminddb.Reader, err error) {
 	if c.CityDB != "" {
-		if db.city, err = maxminddb.Open(c.CityDB); err != nil {
-			return nil, fmt.Errorf("city_db: open %s: %w", c.CityDB, err)
+		if city, err = maxminddb.Open(c.CityDB); err != nil {
+			return nil, nil, fmt.Errorf("city_db: open %s: %w", c.CityDB, err)
 		}
 	}
 	if c.ASNDB != "" {
-		if db.asn, err = maxminddb.Open(c.ASNDB); err != nil {
-			db.Close()
-			return nil, fmt.Errorf("asn_db: open %s: %w", c.ASNDB, err)
+		if asn, err = maxminddb.Open(c.ASNDB); err != nil {
+			if city != nil {
+				city.Close()
+			}
+			return nil, nil, fmt.Errorf("asn_db: open %s: %w", c.ASNDB, err)
 		}
 	}
-	return db, nil
+	return city, asn, nil
+}
+
+// Reload reopens the databases (geoipupdate replaces them weekly). On
+// error the open ones stay in use.
+func (db *DB) Reload() error {
+	city, asn, err := open(db.cfg)
+	if err != nil {
+		return err
+	}
+	db.mu.Lock()
+	oldCity, oldASN := db.city, db.asn
+	db.city, db.asn = city, asn
+	db.mu.Unlock()
+	var errs []error
+	if oldCity != nil {
+		errs = append(errs, oldCity.Close())
+	}
+	if oldASN != nil {
+		errs = append(errs, oldASN.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Watch reloads the databases when their files change, until ctx ends.
+func (db *DB) Watch(ctx context.Context, log *slog.Logger, debounce time.Duration) error {
+	var paths []string
+	for _, p := range []string{db.cfg.CityDB, db.cfg.ASNDB} {
+		if p != "" {
+			paths = append(paths, p)
+		}
+	}
+	return watch.Files(ctx, log, debounce, paths, func(string) {
+		if err := db.Reload(); err != nil {
+			log.Warn("geoip reload failed; keeping the open databases", "err", err)
+		} else {
+			log.Info("geoip databases reloaded")
+		}
+	})
 }
 
 // Lookup returns what the databases know about addr; found is false when
 // neither has it.
 func (db *DB) Lookup(addr netip.Addr) (info Info, found bool, err error) {
+	db.mu.RLock()
+	defer db.mu.RUnlock()
 	addr = addr.Unmap().WithZone("")
 	if db.city != nil {
 		var rec cityRecord
@@ -111,6 +169,8 @@ func (db *DB) Lookup(addr netip.Addr) (info Info, found bool, err error) {
 
 // Close unmaps the databases.
 func (db *DB) Close() error {
+	db.mu.Lock()
+	defer db.mu.Unlock()
 	var errs []error
 	if db.city != nil {
 		errs = append(errs, db.city.Close())
@@ -118,5 +178,6 @@ func (db *DB) Close() error {
 	if db.asn != nil {
 		errs = append(errs, db.asn.Close())
 	}
+	db.city, db.asn = nil, nil
 	return errors.Join(errs...)
 }

@@ -85,3 +85,66 @@ func TestOpenErrors(t *testing.T) {
 		t.Error("corrupt asn db accepted")
 	}
 }
+
+// TestReloadUnderLookups replaces the City database while lookups run; the
+// race detector checks that no lookup reads a closed reader.
+func TestReloadUnderLookups(t *testing.T) {
+	gb := map[string]mmdbtype.Map{"81.2.69.0/24": {"country": mmdbtype.Map{"iso_code": mmdbtype.String("GB")}}}
+	fr := map[string]mmdbtype.Map{"81.2.69.0/24": {"country": mmdbtype.Map{"iso_code": mmdbtype.String("FR")}}}
+	src := writeDB(t, "GeoLite2-Country", gb)
+	path := filepath.Join(t.TempDir(), "country.mmdb")
+	copyFile(t, src, path)
+	db, err := Open(Config{CityDB: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, _, err := db.Lookup(netip.MustParseAddr("81.2.69.1")); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	copyFile(t, writeDB(t, "GeoLite2-Country", fr), path)
+	if err := db.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	<-done
+	if info, _, _ := db.Lookup(netip.MustParseAddr("81.2.69.1")); info.Country != "FR" {
+		t.Fatalf("after reload: %+v", info)
+	}
+	// A broken replacement keeps the open database.
+	os.WriteFile(path+".tmp", []byte("garbage"), 0o644)
+	os.Rename(path+".tmp", path)
+	if err := db.Reload(); err == nil {
+		t.Fatal("reload of a corrupt file succeeded")
+	}
+	if info, _, _ := db.Lookup(netip.MustParseAddr("81.2.69.1")); info.Country != "FR" {
+		t.Fatalf("after failed reload: %+v", info)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to+".tmp", b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(to+".tmp", to); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -262,6 +262,9 @@ func (t *Tailer) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// known: this path was followed before, so any file found there now
+	// is read from its start; start_at only applies to a first sight.
+	known := have && st.Path == t.cfg.Path
 	if have && st.Path == t.cfg.Path {
 		if fi, err := os.Stat(t.cfg.Path); err != nil || !sameFile(fi, st) {
 			// Rotated while stopped: finish the old file first.
@@ -290,9 +293,10 @@ func (t *Tailer) Run(ctx context.Context) error {
 		switch {
 		case have && sameFile(fi, st):
 			cur.Offset = st.Offset
-		case !have && t.cfg.StartAt == "end":
+		case !known && t.cfg.StartAt == "end":
 			cur.Offset = fi.Size()
 		}
+		known = true
 		have = false
 		err = t.follow(ctx, f, cur, false)
 		f.Close()

@@ -269,3 +269,24 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 }
+
+// A file rotated while quell was stopped is read from its start even with
+// start_at: end, which only applies to a path never seen before.
+func TestStartAtEndAppliesOnlyToFirstSight(t *testing.T) {
+	cfg, path := setup(t)
+	cfg.StartAt = "end"
+	appendTo(t, path, line(1))
+	c := &collector{}
+	r := start(t, cfg, c)
+	waitState(t, cfg)
+	appendTo(t, path, line(2))
+	waitFor(t, c, msgs(2)...)
+	r.stop()
+	if err := os.Remove(path); err != nil { // rotated away and compressed: gone
+		t.Fatal(err)
+	}
+	appendTo(t, path, line(3))
+	c2 := &collector{}
+	start(t, cfg, c2)
+	waitFor(t, c2, msgs(3)...)
+}

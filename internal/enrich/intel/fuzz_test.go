@@ -22,7 +22,7 @@ func FuzzParsers(f *testing.F) {
 			if err != nil {
 				continue
 			}
-			for p, in := range tb.t.All() {
+			for p, in := range tb.all {
 				if !p.IsValid() || p != p.Masked() || in.score < 0 || in.score > 1 {
 					t.Fatalf("accepted bad entry %s %+v from %q", p, in, s)
 				}

@@ -197,9 +197,9 @@ func (fs *Feeds) load(f *feed) error {
 	f.cur.Store(t)
 	f.gen.Add(1)
 	fs.m.reloads.WithLabelValues(f.cfg.Name, "ok").Inc()
-	fs.m.entries.WithLabelValues(f.cfg.Name).Set(float64(t.t.Size()))
+	fs.m.entries.WithLabelValues(f.cfg.Name).Set(float64(t.size()))
 	fs.m.lastLoad.WithLabelValues(f.cfg.Name).Set(float64(time.Now().Unix()))
-	fs.log.Info("threat feed loaded", "feed", f.cfg.Name, "entries", t.t.Size(), "skipped", t.skipped, "took", time.Since(start))
+	fs.log.Info("threat feed loaded", "feed", f.cfg.Name, "entries", t.size(), "skipped", t.skipped, "took", time.Since(start))
 	return nil
 }
 
@@ -221,7 +221,7 @@ func readFeed(c FeedConfig) (*table, error) {
 	if err != nil {
 		return nil, err
 	}
-	if t.t.Size() == 0 && !c.AllowEmpty {
+	if t.size() == 0 && !c.AllowEmpty {
 		return nil, fmt.Errorf("no entries (set allow_empty to accept an empty feed)")
 	}
 	return t, nil
@@ -279,7 +279,7 @@ func (fs *Feeds) Generation(name string) (ok, failed uint64) {
 func (fs *Feeds) Size() int {
 	n := 0
 	for _, f := range fs.feeds {
-		n += f.cur.Load().t.Size()
+		n += f.cur.Load().size()
 	}
 	return n
 }
@@ -301,14 +301,35 @@ func (fs *Feeds) Lookup(addr netip.Addr) []event.ThreatSource {
 }
 
 func lookup(t *table, addr netip.Addr, clock func() time.Time) (indicator, bool) {
+	var host indicator
+	var isHost bool
+	if addr.Is4() {
+		host, isHost = t.hosts4[addr.As4()]
+	} else {
+		host, isHost = t.hosts6[addr.As16()]
+	}
+	if isHost && host.from == 0 && host.until == 0 {
+		return host, true // no window: skip reading the clock
+	}
+	if t.t.Size() == 0 && !isHost {
+		return indicator{}, false
+	}
+	now := int64(0)
+	if isHost {
+		if now = clock().Unix(); host.validAt(now) {
+			return host, true
+		}
+	}
 	in, ok := t.t.Lookup(addr)
 	if !ok {
 		return in, false
 	}
 	if in.from == 0 && in.until == 0 {
-		return in, true // no window: skip reading the clock
+		return in, true
 	}
-	now := clock().Unix()
+	if now == 0 {
+		now = clock().Unix()
+	}
 	if in.validAt(now) {
 		return in, true
 	}

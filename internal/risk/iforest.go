@@ -15,10 +15,9 @@ import (
 // inode is a node of an isolation tree, in a flat slice: children are
 // indices, -1 for a leaf.
 type inode struct {
-	feature     int
-	split       float64
+	split       float64 // inner node: threshold; leaf: c(size), precomputed
+	feature     int32
 	left, right int32
-	size        int32 // leaf: training points that reached it
 }
 
 type itree []inode
@@ -84,7 +83,9 @@ func TrainForest(data [][]float64, trees, sample int, rng *rand.Rand) *Forest {
 
 func build(tr *itree, data [][]float64, rows []int, depth, maxDepth, dims int, rng *rand.Rand) int32 {
 	me := int32(len(*tr))
-	*tr = append(*tr, inode{left: -1, right: -1, size: int32(len(rows))})
+	// A leaf's path length is its depth plus c(size), the expected depth
+	// of the subtree that was not grown; c is computed once, here.
+	*tr = append(*tr, inode{left: -1, right: -1, split: cFactor(len(rows))})
 	if len(rows) <= 1 || depth >= maxDepth {
 		return me
 	}
@@ -113,7 +114,7 @@ func build(tr *itree, data [][]float64, rows []int, depth, maxDepth, dims int, r
 		}
 		l := build(tr, data, rows[:i], depth+1, maxDepth, dims, rng)
 		r := build(tr, data, rows[i:], depth+1, maxDepth, dims, rng)
-		(*tr)[me] = inode{feature: ft, split: split, left: l, right: r}
+		(*tr)[me] = inode{feature: int32(ft), split: split, left: l, right: r}
 		return me
 	}
 	return me
@@ -124,7 +125,7 @@ func (tr itree) pathLength(x []float64) float64 {
 	for {
 		nd := tr[n]
 		if nd.left < 0 {
-			return float64(depth) + cFactor(int(nd.size))
+			return float64(depth) + nd.split
 		}
 		if x[nd.feature] <= nd.split {
 			n = nd.left

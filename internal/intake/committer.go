@@ -86,10 +86,10 @@ type Committer struct {
 }
 
 type metrics struct {
-	events    *prometheus.CounterVec
-	batch     prometheus.Histogram
-	commit    prometheus.Histogram
-	queue     prometheus.Gauge
+	events *prometheus.CounterVec
+	batch  prometheus.Histogram
+	commit prometheus.Histogram
+	queue  prometheus.Gauge
 }
 
 // NewCommitter builds a committer; Run must be running for Append to return.

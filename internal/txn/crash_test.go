@@ -117,7 +117,8 @@ func TestCrashAtEveryStateRecovers(t *testing.T) {
 		marker string // a file that makes the script kill the engine after its effect
 		final  txn.State
 	}{
-		{"planned", txn.Planned, "apply", "", txn.Active},
+		// planned is journaled in the same commit as the guards' verdict,
+		// so "guarded" is the first state a crash can follow.
 		{"guarded", txn.Guarded, "apply", "", txn.Active},
 		{"prechecked", txn.Prechecked, "apply", "", txn.Active},
 		{"applying-before-effect", txn.Applying, "apply", "", txn.Active},

@@ -222,7 +222,15 @@ func (e *Engine) Submit(ctx context.Context, req Request) (*Transaction, error) 
 		// Audit records never hold a key: they must not block enforcement.
 		t.Key = "audit/" + t.Origin
 	}
-	existing, created, err := e.store.CreateTxn(ctx, t, e.entry(t, "", Planned, "requested by "+t.Origin))
+	// Guards and policy have no side effects, so they run before the first
+	// write: the request and its decision are journaled together, in one
+	// commit. Nothing happens before that commit.
+	r := req
+	to, detail := e.decide(ctx, t, &r)
+	entries := []JournalEntry{e.entry(t, "", Planned, "requested by "+t.Origin)}
+	entries = append(entries, JournalEntry{TxnID: t.ID, Seq: 2, From: Planned, To: to, At: e.now().UTC(), Detail: detail})
+	t.State = to
+	existing, created, err := e.store.CreateTxn(ctx, t, entries...)
 	if err != nil {
 		return nil, fmt.Errorf("record %s: %w", req.Action, err)
 	}
@@ -232,9 +240,18 @@ func (e *Engine) Submit(ctx context.Context, req Request) (*Transaction, error) 
 		}
 		return existing, nil
 	}
-	e.notify(*t, "")
-	r := req
-	e.spawn(func(ctx context.Context) { e.run(ctx, t, a, &r) })
+	if to.Terminal() {
+		e.m.outcome(t)
+		e.m.duration(t, e.now())
+	}
+	e.notify(*t, Planned)
+	switch to {
+	case AwaitingApproval:
+		e.sched.add(t.ID, *t.ApprovalBy, timerApproval)
+	case Guarded:
+		cp := *t
+		e.spawn(func(ctx context.Context) { e.run(ctx, &cp, a) })
+	}
 	return t, nil
 }
 
@@ -320,8 +337,8 @@ func (e *Engine) notify(t Transaction, from State) {
 	}
 }
 
-// run drives a new transaction from planned to a resting state.
-func (e *Engine) run(ctx context.Context, t *Transaction, a action.Action, req *Request) {
+// run drives a transaction that passed its guards to a resting state.
+func (e *Engine) run(ctx context.Context, t *Transaction, a action.Action) {
 	if !e.acquire(ctx) {
 		return
 	}
@@ -333,13 +350,6 @@ func (e *Engine) run(ctx context.Context, t *Transaction, a action.Action, req *
 	defer span.End()
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.MaxDuration)
 	defer cancel()
-	if err := e.guardAndDecide(ctx, t, a, req); err != nil {
-		e.fail(span, t, err)
-		return
-	}
-	if t.State.Terminal() || t.State == AwaitingApproval {
-		return
-	}
 	e.execute(ctx, t, a)
 }
 
@@ -366,9 +376,11 @@ func (e *Engine) release() {
 	<-e.sem
 }
 
-// guardAndDecide runs the guards and the policy. It leaves t in Guarded,
-// AwaitingApproval, or a terminal state.
-func (e *Engine) guardAndDecide(ctx context.Context, t *Transaction, a action.Action, req *Request) error {
+// decide runs the guards and the policy without persisting anything: they
+// have no side effects. It fills t's decision, mode, TTL and reason and
+// returns the state the transaction moves to (Guarded, AwaitingApproval,
+// Denied or Audited) with the journal detail.
+func (e *Engine) decide(ctx context.Context, t *Transaction, req *Request) (State, string) {
 	_, span := e.tracer.Start(ctx, "txn.guard")
 	defer span.End()
 	spec, _ := e.reg.Lookup(t.Action)
@@ -377,17 +389,18 @@ func (e *Engine) guardAndDecide(ctx context.Context, t *Transaction, a action.Ac
 			reason, protected, err := p.Protected(ctx, target)
 			if err != nil {
 				// Guards fail closed.
-				return e.persist(ctx, t, Denied, fmt.Sprintf("protected-target guard could not be evaluated for %s: %v", target, err))
+				t.Reason = fmt.Sprintf("protected-target guard could not be evaluated for %s: %v", target, err)
+				return Denied, t.Reason
 			}
 			if protected {
 				t.Reason = fmt.Sprintf("target %s is protected: %s", target, reason)
-				return e.persist(ctx, t, Denied, t.Reason)
+				return Denied, t.Reason
 			}
 		}
 	}
 	if req != nil && req.Context != nil && req.Context.Enrichment != nil && req.Context.Enrichment.FailClosed && t.Mode == ModeEnforce {
 		t.Reason = "a fail-closed enricher could not answer (" + strings.Join(req.Context.Enrichment.Missing, ", ") + "): no automatic action"
-		return e.persist(ctx, t, Denied, t.Reason)
+		return Denied, t.Reason
 	}
 	in := DecisionInput{Spec: spec.Spec, Targets: t.Targets, Key: t.Key, Mode: t.Mode, Time: e.now().UTC()}
 	if req != nil {
@@ -411,7 +424,7 @@ func (e *Engine) guardAndDecide(ctx context.Context, t *Transaction, a action.Ac
 	case Allow, RequireApproval:
 	default:
 		t.Reason = "policy denied: " + strings.Join(d.Reasons, "; ")
-		return e.persist(ctx, t, Denied, t.Reason)
+		return Denied, t.Reason
 	}
 	if d.ForceAudit {
 		t.Mode = ModeAudit
@@ -428,7 +441,7 @@ func (e *Engine) guardAndDecide(ctx context.Context, t *Transaction, a action.Ac
 		if needApproval {
 			t.Reason += " after approval"
 		}
-		return e.persist(ctx, t, Audited, t.Reason)
+		return Audited, t.Reason
 	}
 	if needApproval && !approved(t) {
 		timeout := d.ApprovalTimeout
@@ -437,13 +450,9 @@ func (e *Engine) guardAndDecide(ctx context.Context, t *Transaction, a action.Ac
 		}
 		by := e.now().UTC().Add(timeout)
 		t.ApprovalBy = &by
-		if err := e.persist(ctx, t, AwaitingApproval, "waiting for approval until "+by.Format(time.RFC3339)); err != nil {
-			return err
-		}
-		e.sched.add(t.ID, by, timerApproval)
-		return nil
+		return AwaitingApproval, "waiting for approval until " + by.Format(time.RFC3339)
 	}
-	return e.persist(ctx, t, Guarded, "guards passed: "+strings.Join(d.Reasons, "; "))
+	return Guarded, "guards passed: " + strings.Join(d.Reasons, "; ")
 }
 
 func targetList(ts []action.Target) string {
@@ -840,10 +849,16 @@ func (e *Engine) recover(ctx context.Context, t *Transaction) {
 	defer cancel()
 	switch t.State {
 	case Planned:
-		if err := e.guardAndDecide(rctx, t, a, nil); err != nil || t.State != Guarded {
+		to, detail := e.decide(rctx, t, nil)
+		if err := e.persist(rctx, t, to, detail); err != nil {
 			return
 		}
-		e.execute(rctx, t, a)
+		switch to {
+		case AwaitingApproval:
+			e.sched.add(t.ID, *t.ApprovalBy, timerApproval)
+		case Guarded:
+			e.execute(rctx, t, a)
+		}
 	case AwaitingApproval:
 		if t.ApprovalBy != nil {
 			e.sched.add(t.ID, *t.ApprovalBy, timerApproval)

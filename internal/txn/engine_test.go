@@ -20,18 +20,18 @@ import (
 // world is the test vehicle's "real system": a set of blocked addresses,
 // with counters that let tests prove what ran how often.
 type world struct {
-	mu          sync.Mutex
-	blocked     map[string]bool
-	applies     atomic.Int32
-	reverts     atomic.Int32
-	failApply   atomic.Int32 // fail this many applies
-	retryApply  atomic.Int32 // fail this many applies with a retryable error
-	failVerify  atomic.Bool
-	failRevert  atomic.Bool
-	denyCheck   atomic.Bool
-	inApply     atomic.Int32
-	maxInApply  atomic.Int32
-	applyDelay  time.Duration
+	mu         sync.Mutex
+	blocked    map[string]bool
+	applies    atomic.Int32
+	reverts    atomic.Int32
+	failApply  atomic.Int32 // fail this many applies
+	retryApply atomic.Int32 // fail this many applies with a retryable error
+	failVerify atomic.Bool
+	failRevert atomic.Bool
+	denyCheck  atomic.Bool
+	inApply    atomic.Int32
+	maxInApply atomic.Int32
+	applyDelay time.Duration
 }
 
 func newWorld() *world { return &world{blocked: map[string]bool{}} }
@@ -41,8 +41,10 @@ type blockAction struct {
 	addr netip.Addr
 }
 
-func (a *blockAction) Key() string             { return "test.block/" + a.addr.String() }
-func (a *blockAction) Targets() []action.Target { return []action.Target{{Kind: "ip", Value: a.addr.String()}} }
+func (a *blockAction) Key() string { return "test.block/" + a.addr.String() }
+func (a *blockAction) Targets() []action.Target {
+	return []action.Target{{Kind: "ip", Value: a.addr.String()}}
+}
 func (a *blockAction) Check(context.Context) (action.Before, error) {
 	if a.w.denyCheck.Load() {
 		return nil, action.Deny("would cut 42%% of flows")

@@ -199,11 +199,12 @@ type Filter struct {
 // Store is the storage the engine needs. Backends in package store
 // implement it.
 type Store interface {
-	// CreateTxn records a new transaction with its first journal entry,
+	// CreateTxn records a new transaction with its first journal entries,
 	// atomically enforcing one transaction per Origin and one holder of an
 	// idempotency key at a time. When either exists it returns that
-	// transaction and created=false.
-	CreateTxn(ctx context.Context, t *Transaction, e JournalEntry) (existing *Transaction, created bool, err error)
+	// transaction and created=false. On success t.Version is the number of
+	// entries.
+	CreateTxn(ctx context.Context, t *Transaction, entries ...JournalEntry) (existing *Transaction, created bool, err error)
 	// UpdateTxn persists a transition and its journal entry atomically. It
 	// fails with ErrConflict if t.Version is not the stored version; on
 	// success t.Version is incremented.

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -22,9 +23,23 @@ import (
 
 // Store is the SQLite backend.
 type Store struct {
-	w *sql.DB // one connection: SQLite has one writer; serializing here avoids SQLITE_BUSY
-	r *sql.DB
+	w      *sql.DB // one connection: SQLite has one writer; serializing here avoids SQLITE_BUSY
+	r      *sql.DB
+	ops    chan writeOp
+	closed chan struct{}
+	wg     sync.WaitGroup
+	once   sync.Once
 }
+
+// writeOp is one unit of work for the group-commit writer.
+type writeOp struct {
+	ctx  context.Context
+	fn   func(ctx context.Context, tx *sql.Tx) error
+	done chan error
+}
+
+// maxGroup bounds the operations that share one commit.
+const maxGroup = 256
 
 var _ store.Store = (*Store)(nil)
 
@@ -49,17 +64,119 @@ func Open(ctx context.Context, dir string) (*Store, error) {
 		return nil, fmt.Errorf("open %s for reading: %w", path, err)
 	}
 	r.SetMaxOpenConns(8)
-	s := &Store{w: w, r: r}
+	s := &Store{w: w, r: r, ops: make(chan writeOp, 1024), closed: make(chan struct{})}
 	if err := s.migrate(ctx); err != nil {
-		s.Close()
+		w.Close()
+		r.Close()
 		return nil, err
 	}
+	s.wg.Add(1)
+	go s.writer()
 	return s, nil
 }
 
-// Close closes both pools.
+// Close stops the writer and closes both pools.
 func (s *Store) Close() error {
+	s.once.Do(func() { close(s.closed) })
+	s.wg.Wait()
 	return errors.Join(s.w.Close(), s.r.Close())
+}
+
+// write runs fn inside a write transaction shared with other concurrent
+// writes: one commit, one fsync for the whole group. Each operation runs
+// under its own savepoint, so one failing operation does not undo the
+// others. write returns when the group is durable.
+func (s *Store) write(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
+	op := writeOp{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	select {
+	case s.ops <- op:
+	case <-s.closed:
+		return errors.New("store is closed")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	// Once queued the operation will run; wait for its true outcome.
+	return <-op.done
+}
+
+func (s *Store) writer() {
+	defer s.wg.Done()
+	for {
+		var first writeOp
+		select {
+		case first = <-s.ops:
+		case <-s.closed:
+			for {
+				select {
+				case op := <-s.ops:
+					s.commitGroup([]writeOp{op})
+				default:
+					return
+				}
+			}
+		}
+		group := []writeOp{first}
+	drain:
+		for len(group) < maxGroup {
+			select {
+			case op := <-s.ops:
+				group = append(group, op)
+			default:
+				break drain
+			}
+		}
+		s.commitGroup(group)
+	}
+}
+
+func (s *Store) commitGroup(group []writeOp) {
+	ctx := context.Background()
+	fail := func(err error) {
+		for _, op := range group {
+			op.done <- err
+		}
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		fail(fmt.Errorf("begin write: %w", err))
+		return
+	}
+	errs := make([]error, len(group))
+	for i, op := range group {
+		if len(group) > 1 {
+			if _, err := tx.ExecContext(ctx, "SAVEPOINT op"); err != nil {
+				tx.Rollback()
+				fail(fmt.Errorf("savepoint: %w", err))
+				return
+			}
+		}
+		errs[i] = op.fn(op.ctx, tx)
+		if len(group) > 1 {
+			if errs[i] != nil {
+				if _, err := tx.ExecContext(ctx, "ROLLBACK TO op"); err != nil {
+					tx.Rollback()
+					fail(fmt.Errorf("rollback to savepoint: %w", err))
+					return
+				}
+			}
+			if _, err := tx.ExecContext(ctx, "RELEASE op"); err != nil {
+				tx.Rollback()
+				fail(fmt.Errorf("release savepoint: %w", err))
+				return
+			}
+		} else if errs[i] != nil {
+			tx.Rollback()
+			group[0].done <- errs[i]
+			return
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		fail(fmt.Errorf("commit: %w", err))
+		return
+	}
+	for i, op := range group {
+		op.done <- errs[i]
+	}
 }
 
 // migrations are applied in order, each once, recorded in schema_version.
@@ -148,11 +265,19 @@ func nanos(t time.Time) int64 { return t.UnixNano() }
 
 // AppendEvents writes the batch in one transaction: one fsync for all.
 func (s *Store) AppendEvents(ctx context.Context, evs []*event.Event, window time.Duration) ([]store.AppendResult, error) {
-	tx, err := s.w.BeginTx(ctx, nil)
+	var out []store.AppendResult
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		var err error
+		out, err = appendEvents(ctx, tx, evs, window)
+		return err
+	})
 	if err != nil {
-		return nil, fmt.Errorf("append events: begin: %w", err)
+		return nil, err
 	}
-	defer tx.Rollback()
+	return out, nil
+}
+
+func appendEvents(ctx context.Context, tx *sql.Tx, evs []*event.Event, window time.Duration) ([]store.AppendResult, error) {
 	byID, err := tx.PrepareContext(ctx, `SELECT count FROM events WHERE id = ?`)
 	if err != nil {
 		return nil, fmt.Errorf("append events: %w", err)
@@ -214,9 +339,6 @@ func (s *Store) AppendEvents(ctx context.Context, evs []*event.Event, window tim
 			return nil, fmt.Errorf("append event %s: insert: %w", e.ID, err)
 		}
 		out[i] = store.AppendResult{ID: e.ID, Outcome: store.Created}
-	}
-	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("append events: commit: %w", err)
 	}
 	return out, nil
 }
@@ -318,14 +440,16 @@ func (s *Store) CompleteEvent(ctx context.Context, id string, c *event.Context) 
 	if err != nil {
 		return fmt.Errorf("complete event %s: encode: %w", id, err)
 	}
-	res, err := s.w.ExecContext(ctx, `UPDATE events SET context = ?, processed_at = ? WHERE id = ?`, doc, nanos(time.Now()), id)
-	if err != nil {
-		return fmt.Errorf("complete event %s: %w", id, err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return fmt.Errorf("complete event %s: %w", id, store.ErrNotFound)
-	}
-	return nil
+	return s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE events SET context = ?, processed_at = ? WHERE id = ?`, doc, nanos(time.Now()), id)
+		if err != nil {
+			return fmt.Errorf("complete event %s: %w", id, err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("complete event %s: %w", id, store.ErrNotFound)
+		}
+		return nil
+	})
 }
 
 // Unprocessed returns accepted events not yet processed, oldest first.
@@ -351,14 +475,24 @@ func (s *Store) Unprocessed(ctx context.Context, n int) ([]*event.Event, error) 
 }
 
 // CreateTxn inserts a transaction unless its origin or its key is taken.
-func (s *Store) CreateTxn(ctx context.Context, t *txn.Transaction, e txn.JournalEntry) (*txn.Transaction, bool, error) {
-	tx, err := s.w.BeginTx(ctx, nil)
+func (s *Store) CreateTxn(ctx context.Context, t *txn.Transaction, e ...txn.JournalEntry) (*txn.Transaction, bool, error) {
+	var existing *txn.Transaction
+	created := false
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		var err error
+		existing, created, err = createTxn(ctx, tx, t, e)
+		return err
+	})
 	if err != nil {
-		return nil, false, fmt.Errorf("create txn: begin: %w", err)
+		t.Version = 0
+		return nil, false, err
 	}
-	defer tx.Rollback()
+	return existing, created, nil
+}
+
+func createTxn(ctx context.Context, tx *sql.Tx, t *txn.Transaction, entries []txn.JournalEntry) (*txn.Transaction, bool, error) {
 	var doc []byte
-	err = tx.QueryRowContext(ctx, `SELECT doc FROM transactions WHERE origin = ? OR (key = ? AND holds = 1) ORDER BY origin = ? DESC LIMIT 1`, t.Origin, t.Key, t.Origin).Scan(&doc)
+	err := tx.QueryRowContext(ctx, `SELECT doc FROM transactions WHERE origin = ? OR (key = ? AND holds = 1) ORDER BY origin = ? DESC LIMIT 1`, t.Origin, t.Key, t.Origin).Scan(&doc)
 	if err == nil {
 		existing := &txn.Transaction{}
 		if err := json.Unmarshal(doc, existing); err != nil {
@@ -369,16 +503,14 @@ func (s *Store) CreateTxn(ctx context.Context, t *txn.Transaction, e txn.Journal
 	if !errors.Is(err, sql.ErrNoRows) {
 		return nil, false, fmt.Errorf("create txn: look up: %w", err)
 	}
-	t.Version = 1
+	t.Version = int64(len(entries))
 	if err := insertTxn(ctx, tx, t); err != nil {
 		return nil, false, err
 	}
-	if err := insertJournal(ctx, tx, e); err != nil {
-		return nil, false, err
-	}
-	if err := tx.Commit(); err != nil {
-		t.Version = 0
-		return nil, false, fmt.Errorf("create txn: commit: %w", err)
+	for _, e := range entries {
+		if err := insertJournal(ctx, tx, e); err != nil {
+			return nil, false, err
+		}
 	}
 	return nil, true, nil
 }
@@ -414,11 +546,15 @@ func insertJournal(ctx context.Context, tx *sql.Tx, e txn.JournalEntry) error {
 
 // UpdateTxn persists a transition with optimistic concurrency.
 func (s *Store) UpdateTxn(ctx context.Context, t *txn.Transaction, e txn.JournalEntry) error {
-	tx, err := s.w.BeginTx(ctx, nil)
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error { return updateTxn(ctx, tx, t, e) })
 	if err != nil {
-		return fmt.Errorf("update txn %s: begin: %w", t.ID, err)
+		return err
 	}
-	defer tx.Rollback()
+	t.Version++
+	return nil
+}
+
+func updateTxn(ctx context.Context, tx *sql.Tx, t *txn.Transaction, e txn.JournalEntry) error {
 	next := *t
 	next.Version = t.Version + 1
 	doc, err := json.Marshal(&next)
@@ -436,14 +572,7 @@ func (s *Store) UpdateTxn(ctx context.Context, t *txn.Transaction, e txn.Journal
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("update txn %s at version %d: %w", t.ID, t.Version, store.ErrConflict)
 	}
-	if err := insertJournal(ctx, tx, e); err != nil {
-		return err
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("update txn %s: commit: %w", t.ID, err)
-	}
-	t.Version = next.Version
-	return nil
+	return insertJournal(ctx, tx, e)
 }
 
 func decodeTxns(rows *sql.Rows) ([]*txn.Transaction, error) {

@@ -363,3 +363,18 @@ func BenchmarkForest(b *testing.B) {
 		}
 	})
 }
+
+// TestDocExample reproduces the example in docs/enrichment.md.
+func TestDocExample(t *testing.T) {
+	s := newScorer(t, DefaultConfig(), nil)
+	ev := &event.Event{Source: "guardduty", Type: "brute_force", SeverityID: 4, Time: time.Now(), SrcEndpoint: &event.Endpoint{IP: "203.0.113.9"}}
+	r := s.Score(context.Background(), ev, &event.Enrichment{Threat: event.Threat{Score: 0.9}}, 1)
+	if r.Level != Critical || r.Score != 65 || r.Tier != "dashboard" ||
+		r.Reasons[0] != "CRITICAL: threat 0.90 > 0.80" || r.Reasons[1] != "score 65.0: tier dashboard" ||
+		r.Components[0].Note != "severity_id 4 (high)" ||
+		r.Components[1].Note != "neutral: anomaly model not trained yet (needs 256 events of history)" ||
+		r.Components[2].Note != "brute_force seen 0 times before for entity class ip" ||
+		r.Components[3].Note != "incident touches 1 resource(s); 16 or more counts fully" {
+		t.Fatalf("%+v", r)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -305,5 +306,54 @@ func TestStartReloadsFeedsAndClose(t *testing.T) {
 	}
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestProtectedAddressesAlwaysFlagged: over random protected prefixes and
+// random events, every event address inside a protected prefix is listed
+// in Enrichment.Protected and marked in Addresses, and no other is.
+func TestProtectedAddressesAlwaysFlagged(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	randAddr := func() netip.Addr {
+		if r.IntN(2) == 0 {
+			return netip.AddrFrom4([4]byte{10, byte(r.IntN(4)), byte(r.UintN(256)), byte(r.UintN(256))})
+		}
+		var b [16]byte
+		b[0], b[1], b[2] = 0x20, 0x01, byte(r.IntN(4))
+		for i := 3; i < 16; i++ {
+			b[i] = byte(r.UintN(256))
+		}
+		return netip.AddrFrom16(b)
+	}
+	cfg := DefaultConfig()
+	var ref []netip.Prefix
+	for i := 0; i < 300; i++ {
+		a := randAddr()
+		bits := a.BitLen() - r.IntN(a.BitLen()/2)
+		p := netip.PrefixFrom(a, bits).Masked()
+		ref = append(ref, p)
+		cfg.Network.Protected = append(cfg.Network.Protected, netclass.ProtectedPrefix{CIDR: p.String()})
+	}
+	p, _ := newPipeline(t, cfg)
+	for i := 0; i < 3000; i++ {
+		src, dst := randAddr(), randAddr()
+		if i%2 == 0 { // half the events aim inside a protected prefix
+			q := ref[r.IntN(len(ref))]
+			b := q.Addr().AsSlice()
+			for bit := q.Bits(); bit < len(b)*8; bit++ {
+				if r.IntN(2) == 1 {
+					b[bit/8] |= 1 << (7 - bit%8)
+				}
+			}
+			dst, _ = netip.AddrFromSlice(b)
+		}
+		got := p.Enrich(context.Background(), sshBrute(src.String(), dst.String()))
+		for _, a := range []netip.Addr{src, dst} {
+			want := slices.ContainsFunc(ref, func(q netip.Prefix) bool { return q.Contains(a) })
+			listed := slices.Contains(got.Protected, "ip:"+a.String())
+			if listed != want || got.Addresses[a.String()].Protected != want {
+				t.Fatalf("event %d: %s protected=%v listed=%v marked=%v", i, a, want, listed, got.Addresses[a.String()].Protected)
+			}
+		}
 	}
 }

@@ -120,6 +120,12 @@ type Deps struct {
 	// Assets are live asset sources asked before the static inventory
 	// (the Kubernetes pod/service index).
 	Assets []asset.Source
+	// Network, when set, is the classifier to use instead of one built
+	// from Config.Network: the engine shares its protected-targets table
+	// (with its host addresses and gateway) so that what enrichment calls
+	// protected is exactly what the guard refuses. Config.Network is then
+	// ignored.
+	Network *netclass.Table
 }
 
 // input is what every enricher sees: the addresses, parsed once.
@@ -206,8 +212,10 @@ func New(cfg Config, d Deps) (*Pipeline, error) {
 		}
 	}
 	var err error
-	if p.net, err = netclass.New(cfg.Network); err != nil {
-		return nil, err
+	if p.net = d.Network; p.net == nil {
+		if p.net, err = netclass.New(cfg.Network); err != nil {
+			return nil, err
+		}
 	}
 	im, err := intel.NewMetrics(d.Registerer)
 	if err != nil {

@@ -357,3 +357,23 @@ func TestProtectedAddressesAlwaysFlagged(t *testing.T) {
 		}
 	}
 }
+
+func TestSharedNetworkTable(t *testing.T) {
+	tb, err := netclass.New(netclass.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(DefaultConfig(), Deps{Registerer: prometheus.NewRegistry(), Network: tb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Protector() != tb {
+		t.Fatal("pipeline built its own table")
+	}
+	// An entry the engine adds later is seen by enrichment at once.
+	tb.Add("host", netclass.Entry{Prefix: netip.MustParsePrefix("192.0.2.10/32"), Reason: "quell host"})
+	got := p.Enrich(context.Background(), sshBrute("198.51.100.1", "192.0.2.10"))
+	if !slices.Equal(got.Protected, []string{"ip:192.0.2.10"}) {
+		t.Fatalf("protected = %v", got.Protected)
+	}
+}

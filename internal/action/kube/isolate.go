@@ -175,6 +175,9 @@ func (a *isolation) targetPods(ctx context.Context) ([]*corev1.Pod, string, erro
 	if err := a.c.guardSelectorSize(a.workload.String(), len(pods)); err != nil {
 		return nil, "", err
 	}
+	// Deterministic order: the Before must be the same however often it is
+	// computed (Check, Apply, recovery).
+	sort.Slice(pods, func(i, j int) bool { return pods[i].Name < pods[j].Name })
 	return pods, w.annotations[a.annot], nil
 }
 

@@ -113,12 +113,12 @@ func (a *cordonNode) Revert(ctx context.Context, before action.Before) error {
 // labelAction is kube.label: set labels on an object (e.g. to mark it for
 // other controllers), restoring the previous values on revert.
 type labelAction struct {
-	c         *Client
-	kind      string
-	ns, name  string
-	labels    map[string]string
-	key       string
-	annot     string
+	c        *Client
+	kind     string
+	ns, name string
+	labels   map[string]string
+	key      string
+	annot    string
 }
 
 // labelBefore maps each label key to its previous value; nil: was absent.

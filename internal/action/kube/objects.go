@@ -17,22 +17,22 @@ import (
 )
 
 var (
-	gvrNetworkPolicy = schema.GroupVersionResource{Group: "networking.k8s.io", Version: "v1", Resource: "networkpolicies"}
-	gvrCNP           = schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumnetworkpolicies"}
-	gvrCCNP          = schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumclusterwidenetworkpolicies"}
-	gvrIstioAuthz    = schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"}
-	gvrLinkerdServer = schema.GroupVersionResource{Group: "policy.linkerd.io", Version: "v1beta3", Resource: "servers"}
-	gvrLinkerdAuthz  = schema.GroupVersionResource{Group: "policy.linkerd.io", Version: "v1alpha1", Resource: "authorizationpolicies"}
+	gvrNetworkPolicy  = schema.GroupVersionResource{Group: "networking.k8s.io", Version: "v1", Resource: "networkpolicies"}
+	gvrCNP            = schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumnetworkpolicies"}
+	gvrCCNP           = schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumclusterwidenetworkpolicies"}
+	gvrIstioAuthz     = schema.GroupVersionResource{Group: "security.istio.io", Version: "v1", Resource: "authorizationpolicies"}
+	gvrLinkerdServer  = schema.GroupVersionResource{Group: "policy.linkerd.io", Version: "v1beta3", Resource: "servers"}
+	gvrLinkerdAuthz   = schema.GroupVersionResource{Group: "policy.linkerd.io", Version: "v1alpha1", Resource: "authorizationpolicies"}
 	gvrLinkerdNetAuth = schema.GroupVersionResource{Group: "policy.linkerd.io", Version: "v1alpha1", Resource: "networkauthentications"}
 )
 
 // object is one object an action owns outright: created by server-side
 // apply under a name derived from the key, deleted on revert.
 type object struct {
-	gvr       schema.GroupVersionResource
-	namespace string // empty: cluster-scoped
+	gvr                    schema.GroupVersionResource
+	namespace              string // empty: cluster-scoped
 	apiVersion, kind, name string
-	spec      map[string]any
+	spec                   map[string]any
 }
 
 func (o object) String() string {

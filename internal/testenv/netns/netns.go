@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"sync"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -53,7 +54,10 @@ func Require(t testing.TB) {
 
 // NS is one named network namespace (visible as /run/netns/<Name>).
 type NS struct {
-	Name   string
+	Name string
+	// mu guards handle and nl against Close while a Do is in flight (a
+	// timed-out HTTP dial, say, may still be running when a test ends).
+	mu     sync.RWMutex
 	handle vns.NsHandle
 	nl     *netlink.Handle
 }
@@ -140,6 +144,8 @@ func onLockedThread(fn func() error) error {
 // Close deletes the namespace. Interfaces inside it vanish with it (the
 // peer end of a veth pair in another namespace goes too).
 func (n *NS) Close() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	if n.nl != nil {
 		n.nl.Close()
 		n.nl = nil
@@ -170,6 +176,11 @@ func (n *NS) Netlink() *netlink.Handle { return n.nl }
 // by fn belong to the namespace for their whole life, even when used later
 // from other goroutines; goroutines started by fn do NOT run in it.
 func (n *NS) Do(fn func() error) error {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	if !n.handle.IsOpen() {
+		return fmt.Errorf("namespace %s is closed", n.Name)
+	}
 	return onLockedThread(func() error {
 		if err := vns.Set(n.handle); err != nil {
 			return fmt.Errorf("enter namespace %s: %w", n.Name, err)

@@ -350,14 +350,24 @@ func (t *Table) ProtectedPrefix(p netip.Prefix) (string, bool) {
 	return "overlaps a protected prefix", true
 }
 
+// namespaced are the Kubernetes kinds whose values are "namespace/name":
+// such a resource is protected when its namespace is. Other kinds may
+// contain '/' for other reasons (an AWS ARN) and are matched exactly.
+var namespaced = map[string]bool{
+	"pod": true, "service_account": true, "workload": true, "deployment": true,
+	"statefulset": true, "daemonset": true, "replicaset": true, "job": true, "cronjob": true,
+	"service": true, "secret": true, "configmap": true, "networkpolicy": true,
+}
+
 // ProtectedName reports whether the named resource is protected. A
-// namespaced name "ns/name" is also protected when its namespace is.
+// namespaced Kubernetes name "ns/name" is also protected when its
+// namespace is.
 func (t *Table) ProtectedName(kind, value string) (string, bool) {
 	s := t.snap.Load()
 	if r, ok := s.names[nameKey(kind, value)]; ok {
 		return r, true
 	}
-	if kind != "namespace" {
+	if namespaced[kind] {
 		if ns, _, ok := strings.Cut(value, "/"); ok && ns != "" {
 			if r, ok := s.names[nameKey("namespace", ns)]; ok {
 				return "in protected namespace " + ns + ": " + r, true

@@ -102,6 +102,8 @@ func TestProtectedTargets(t *testing.T) {
 		{"namespace", "default", false, ""},
 		{"node", "cp-1", true, "control plane"},
 		{"node", "worker-1", false, ""},
+		{"role", "kube-system/admin", false, ""}, // AWS role kind: not namespaced
+		{"deployment", "kube-system/coredns", true, "kube-system"},
 	} {
 		r, ok, err := tb.Protected(ctx, action.Target{Kind: c.kind, Value: c.value})
 		if err != nil {

@@ -22,6 +22,8 @@ import (
 	"github.com/maxmind/mmdbwriter/mmdbtype"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/quell-ir/quell/internal/enrich/asset"
 	"github.com/quell-ir/quell/internal/enrich/httprep"
@@ -375,5 +377,29 @@ func TestSharedNetworkTable(t *testing.T) {
 	got := p.Enrich(context.Background(), sshBrute("198.51.100.1", "192.0.2.10"))
 	if !slices.Equal(got.Protected, []string{"ip:192.0.2.10"}) {
 		t.Fatalf("protected = %v", got.Protected)
+	}
+}
+
+func TestSpans(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, `{"score": 0.2}`) }))
+	defer srv.Close()
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	cfg := fixture(t)
+	cfg.Providers = []httprep.Config{{Name: "rep", Type: httprep.TypeJSON, URL: srv.URL + "/?ip={{ip}}"}}
+	p, err := New(cfg, Deps{Registerer: prometheus.NewRegistry(), TracerProvider: tp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	p.Enrich(context.Background(), sshBrute("203.0.113.9", "10.1.0.1"))
+	names := map[string]bool{}
+	for _, s := range rec.Ended() {
+		names[s.Name()] = true
+	}
+	for _, want := range []string{"enrich", "enrich.intel", "enrich.rep", "enrich.geoip", "enrich.asset", "httprep.lookup"} {
+		if !names[want] {
+			t.Errorf("no span %q (got %v)", want, names)
+		}
 	}
 }

@@ -117,7 +117,11 @@ func (a *disableSA) Check(ctx context.Context) (action.Before, error) {
 		if err != nil {
 			return err
 		}
-		out, err = json.Marshal(saBefore{Bindings: bs})
+		tokens, err := a.tokens(ctx)
+		if err != nil {
+			return err
+		}
+		out, err = json.Marshal(saBefore{Bindings: bs, DeletedTokens: tokens})
 		return err
 	})
 	return out, err
@@ -165,18 +169,9 @@ func (a *disableSA) Apply(ctx context.Context, eff action.Effect) error {
 		if err := json.Unmarshal(bj, &b); err != nil {
 			return err
 		}
-		// Tokens: legacy long-lived secrets bound to the account. Only
-		// metadata is needed, and their names are recorded.
-		secrets, err := a.c.cs.CoreV1().Secrets(a.ns).List(ctx, metav1.ListOptions{
-			FieldSelector: "type=kubernetes.io/service-account-token"})
+		tokens, err := a.tokens(ctx)
 		if err != nil {
-			return classify("list token secrets in "+a.ns, err)
-		}
-		var tokens []string
-		for _, s := range secrets.Items {
-			if s.Annotations["kubernetes.io/service-account.name"] == a.name {
-				tokens = append(tokens, s.Name)
-			}
+			return err
 		}
 		b.DeletedTokens = mergeSorted(b.DeletedTokens, tokens)
 		bj, _ = json.Marshal(b)
@@ -268,4 +263,21 @@ func (a *disableSA) Revert(ctx context.Context, before action.Before) error {
 		}
 		return err
 	})
+}
+
+// tokens lists the account's legacy long-lived token secrets by name.
+func (a *disableSA) tokens(ctx context.Context) ([]string, error) {
+	secrets, err := a.c.cs.CoreV1().Secrets(a.ns).List(ctx, metav1.ListOptions{
+		FieldSelector: "type=kubernetes.io/service-account-token"})
+	if err != nil {
+		return nil, classify("list token secrets in "+a.ns, err)
+	}
+	var out []string
+	for _, s := range secrets.Items {
+		if s.Annotations["kubernetes.io/service-account.name"] == a.name {
+			out = append(out, s.Name)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
 }

@@ -87,9 +87,16 @@ type elemAction struct {
 	match   flowMatcher
 	guard   func(ctx context.Context) (FlowShare, error)
 
-	mu   sync.Mutex
-	seen map[string]Element // what Check found (nil: Check did not run here)
+	mu     sync.Mutex
+	seen   map[string]Element // what Check found (nil: Check did not run here)
+	seenAt time.Time
 }
+
+// seenFresh is how long Check's snapshot of the kernel stands in for a new
+// read in Apply. Applies right after their Check (the common case, and the
+// 10,000-address burst) skip a set dump each; an Apply after an approval
+// wait reads again, so it never shortens a block added meanwhile.
+const seenFresh = 2 * time.Second
 
 // before is what Check records: the elements that already existed, with
 // their expiry, so Revert never removes them and restores their expiry.
@@ -159,7 +166,7 @@ func (a *elemAction) Check(ctx context.Context) (_ action.Before, err error) {
 		return nil, fmt.Errorf("%s: read current state: %w", a.key, err)
 	}
 	a.mu.Lock()
-	a.seen = cur
+	a.seen, a.seenAt = cur, a.b.now()
 	a.mu.Unlock()
 	bf := before{Flows: &share}
 	for _, e := range a.els {
@@ -187,9 +194,13 @@ func laterOf(a, b time.Time) time.Time {
 func (a *elemAction) wanted(ctx context.Context, expires time.Time) ([]Element, error) {
 	a.mu.Lock()
 	cur := a.seen
+	if a.b.now().Sub(a.seenAt) > seenFresh {
+		cur = nil
+	}
 	a.mu.Unlock()
 	if cur == nil {
-		// Recovery rebuilt this action without running Check: read now.
+		// Recovery rebuilt this action without running Check, or Check
+		// ran long ago: read now.
 		var err error
 		if cur, err = a.current(ctx); err != nil {
 			return nil, err
@@ -238,7 +249,7 @@ func (a *elemAction) Extend(ctx context.Context, eff action.Effect) (err error) 
 		return fmt.Errorf("%s: %w", a.key, err)
 	}
 	a.mu.Lock()
-	a.seen = cur
+	a.seen, a.seenAt = cur, a.b.now()
 	a.mu.Unlock()
 	els, err := a.wanted(ctx, eff.ExpiresAt)
 	if err != nil {

@@ -17,6 +17,7 @@ func FuzzParsers(f *testing.F) {
 			func() (*table, error) { return parseNetset(strings.NewReader(s), 1) },
 			func() (*table, error) { return parseCSV(strings.NewReader(s), "ip", "score", 1, 1) },
 			func() (*table, error) { return parseSTIX(strings.NewReader(s), 1) },
+			func() (*table, error) { return parseJSONL(strings.NewReader(s), "cidr", "score", 100, 1) },
 		} {
 			tb, err := parse()
 			if err != nil {

@@ -27,6 +27,7 @@ const (
 	FormatNetset = "netset" // FireHOL .netset/.ipset, Spamhaus DROP: address or prefix per line, '#' or ';' comments
 	FormatCSV    = "csv"    // header row, address column, optional score column
 	FormatSTIX   = "stix"   // STIX 2.1 bundle of indicators
+	FormatJSONL  = "jsonl"  // one JSON object a line, e.g. Spamhaus DROP drop_v4.json
 )
 
 // FeedConfig configures one local feed.
@@ -37,7 +38,8 @@ type FeedConfig struct {
 	// Score is the score of a listed address when the format has none
 	// (netset, csv without score_column, STIX without confidence). Default 1.
 	Score float64 `yaml:"score"`
-	// IPColumn is the CSV column holding the address or prefix. Default "ip".
+	// IPColumn is the CSV column (jsonl: the key) holding the address or
+	// prefix. Default "ip" (jsonl: "cidr", as in Spamhaus's JSON lists).
 	IPColumn string `yaml:"ip_column"`
 	// ScoreColumn is the CSV column holding the score; empty: use Score.
 	ScoreColumn string `yaml:"score_column"`
@@ -62,6 +64,9 @@ func DefaultConfig() Config { return Config{Debounce: 500 * time.Millisecond} }
 func (f FeedConfig) withDefaults() FeedConfig {
 	if f.Score == 0 {
 		f.Score = 1
+	}
+	if f.IPColumn == "" && f.Format == FormatJSONL {
+		f.IPColumn = "cidr"
 	}
 	if f.IPColumn == "" {
 		f.IPColumn = "ip"
@@ -91,9 +96,9 @@ func (c Config) Validate() error {
 			return fmt.Errorf("%s.path: required", p)
 		}
 		switch f.Format {
-		case FormatNetset, FormatCSV, FormatSTIX:
+		case FormatNetset, FormatCSV, FormatSTIX, FormatJSONL:
 		default:
-			return fmt.Errorf("%s.format: must be netset, csv or stix, got %q", p, f.Format)
+			return fmt.Errorf("%s.format: must be netset, csv, jsonl or stix, got %q", p, f.Format)
 		}
 		if f.Score < 0 || f.Score > 1 {
 			return fmt.Errorf("%s.score: must be in 0..1, got %v", p, f.Score)
@@ -101,11 +106,12 @@ func (c Config) Validate() error {
 		if f.ScoreScale < 0 {
 			return fmt.Errorf("%s.score_scale: must be positive, got %v", p, f.ScoreScale)
 		}
-		if f.Format != FormatCSV && f.ScoreColumn != "" {
-			return fmt.Errorf("%s.score_column: only for format csv", p)
+		columns := f.Format == FormatCSV || f.Format == FormatJSONL
+		if !columns && f.ScoreColumn != "" {
+			return fmt.Errorf("%s.score_column: only for formats csv and jsonl", p)
 		}
-		if f.Format != FormatCSV && f.IPColumn != "" {
-			return fmt.Errorf("%s.ip_column: only for format csv", p)
+		if !columns && f.IPColumn != "" {
+			return fmt.Errorf("%s.ip_column: only for formats csv and jsonl", p)
 		}
 	}
 	return nil
@@ -217,6 +223,8 @@ func readFeed(c FeedConfig) (*table, error) {
 		t, err = parseCSV(fh, c.IPColumn, c.ScoreColumn, c.ScoreScale, c.Score)
 	case FormatSTIX:
 		t, err = parseSTIX(fh, c.Score)
+	case FormatJSONL:
+		t, err = parseJSONL(fh, c.IPColumn, c.ScoreColumn, c.ScoreScale, c.Score)
 	}
 	if err != nil {
 		return nil, err

@@ -72,6 +72,10 @@ func TestParseFormats(t *testing.T) {
 	write(t, filepath.Join(dir, "level1.netset"), fireholNetset)
 	write(t, filepath.Join(dir, "drop.txt"), spamhausDrop)
 	write(t, filepath.Join(dir, "scores.csv"), "# exported\nindicator,confidence,first_seen\n198.51.100.7,93,2024-01-01\n198.51.100.0/24,40,2024-01-01\n\"2001:db8:c::1\",100,x\n")
+	write(t, filepath.Join(dir, "drop_v4.json"), `{"cidr":"2.57.122.0/24","sblid":"SBL636050","rir":"ripencc"}
+{"cidr":"5.134.128.0/19","sblid":"SBL270738","rir":"ripencc"}
+{"type":"metadata","timestamp":1717171717,"size":84211,"records":1234,"copyright":"(c) 2024 The Spamhaus Project SLU","terms":"https://www.spamhaus.org/drop/terms/"}
+`)
 	now := time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)
 	write(t, filepath.Join(dir, "bundle.json"), `{
   "type": "bundle", "id": "bundle--1",
@@ -102,6 +106,7 @@ func TestParseFormats(t *testing.T) {
 		{Name: "spamhaus_drop", Path: filepath.Join(dir, "drop.txt"), Format: FormatNetset, Score: 0.9},
 		{Name: "vendor_csv", Path: filepath.Join(dir, "scores.csv"), Format: FormatCSV, IPColumn: "indicator", ScoreColumn: "confidence", ScoreScale: 100},
 		{Name: "misp", Path: filepath.Join(dir, "bundle.json"), Format: FormatSTIX, Score: 0.7},
+		{Name: "drop_json", Path: filepath.Join(dir, "drop_v4.json"), Format: FormatJSONL, Score: 0.95},
 	}}, m, discard(), func() time.Time { return time.Unix(clock.Load(), 0) })
 	if err != nil {
 		t.Fatal(err)
@@ -128,6 +133,8 @@ func TestParseFormats(t *testing.T) {
 		{"203.0.113.200", hit{}}, // expired
 		{"203.0.113.40", hit{}},  // revoked
 		{"203.0.113.50", hit{}},  // AND pattern: not an address indicator
+		{"2.57.122.1", hit{"drop_json": 0.95}},
+		{"5.134.159.255", hit{"drop_json": 0.95}},
 		{"8.8.8.8", hit{}},
 	}
 	check := func(label string) {
@@ -158,7 +165,7 @@ func TestParseFormats(t *testing.T) {
 	if got := testutil.ToFloat64(m.entries.WithLabelValues("misp")); got != 6 {
 		t.Errorf("misp entries = %v, want 6", got)
 	}
-	if n, err := testutil.GatherAndCount(reg, "quell_intel_feed_reloads_total"); err != nil || n != 4 {
+	if n, err := testutil.GatherAndCount(reg, "quell_intel_feed_reloads_total"); err != nil || n != 5 {
 		t.Errorf("reload series = %d, %v", n, err)
 	}
 }
@@ -174,6 +181,9 @@ func TestParseErrorsNameTheLine(t *testing.T) {
 		{FormatCSV, "ip,score\n1.2.3.4,150\n", "out of range", FeedConfig{ScoreColumn: "score"}},
 		{FormatCSV, "addr,score\n1.2.3.4,1\n", `no column "ip"`, FeedConfig{}},
 		{FormatSTIX, `{"type":"bundle","objects":[`, "decode bundle", FeedConfig{}},
+		{FormatJSONL, "{\"cidr\":\"1.2.3.0/24\"}\n{\"sblid\":\"x\"}\n", `line 2: no key "cidr"`, FeedConfig{}},
+		{FormatJSONL, "{\"cidr\":\"1.2.3.0/24\"}\n{\"cidr\":", "line 2", FeedConfig{}},
+		{FormatJSONL, "{\"ip\":\"1.2.3.4\",\"s\":\"hi\"}\n", "key s: not a number", FeedConfig{IPColumn: "ip", ScoreColumn: "s"}},
 		{FormatSTIX, `{"type":"indicator"}`, `want "bundle"`, FeedConfig{}},
 		{FormatSTIX, `{"type":"bundle","objects":[{"type":"indicator","id":"indicator--x","pattern":"[ipv4-addr:value = '1.2.3.4']","confidence":300}]}`, "confidence", FeedConfig{}},
 	} {

@@ -2,6 +2,7 @@ package intel
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
@@ -205,6 +206,60 @@ func parseCSV(r io.Reader, ipCol, scoreCol string, scale, defScore float64) (*ta
 			}
 		}
 		insert(t, p, indicator{score: s})
+	}
+	return t, nil
+}
+
+// parseJSONL reads one JSON object a line (Spamhaus DROP's drop_v4.json and
+// drop_v6.json: {"cidr":"1.10.16.0/20","sblid":"SBL256894","rir":"apnic"},
+// closed by a {"type":"metadata",...} line). ipKey names the address key,
+// scoreKey the optional score. Objects with "type":"metadata" are skipped;
+// any other object without ipKey is an error naming the line.
+func parseJSONL(r io.Reader, ipKey, scoreKey string, scale, defScore float64) (*table, error) {
+	t := newTable()
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	line := 0
+	for sc.Scan() {
+		line++
+		b := bytes.TrimSpace(sc.Bytes())
+		if len(b) == 0 {
+			continue
+		}
+		var obj map[string]any
+		if err := json.Unmarshal(b, &obj); err != nil {
+			return nil, fmt.Errorf("line %d: %w", line, err)
+		}
+		v, ok := obj[ipKey]
+		if !ok {
+			if obj["type"] == "metadata" {
+				continue
+			}
+			return nil, fmt.Errorf("line %d: no key %q", line, ipKey)
+		}
+		str, ok := v.(string)
+		if !ok {
+			return nil, fmt.Errorf("line %d: key %s: not a string", line, ipKey)
+		}
+		p, err := netclass.ParsePrefix(str)
+		if err != nil {
+			return nil, fmt.Errorf("line %d: key %s: %w", line, ipKey, err)
+		}
+		s := defScore
+		if scoreKey != "" {
+			f, ok := obj[scoreKey].(float64)
+			if !ok {
+				return nil, fmt.Errorf("line %d: key %s: not a number", line, scoreKey)
+			}
+			s = f / scale
+			if !(s >= 0 && s <= 1) {
+				return nil, fmt.Errorf("line %d: key %s: %v out of range 0..%v", line, scoreKey, f, scale)
+			}
+		}
+		insert(t, p, indicator{score: s})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("line %d: %w", line+1, err)
 	}
 	return t, nil
 }

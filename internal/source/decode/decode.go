@@ -43,6 +43,24 @@ type Result struct {
 	Skipped []Skip        `json:"skipped,omitempty"`
 }
 
+// Summary says what became of a body, for API answers and logs:
+// "accepted 0, skipped 1: falco internal: metrics snapshot".
+func (r Result) Summary() string {
+	s := fmt.Sprintf("accepted %d, skipped %d", len(r.Events), len(r.Skipped))
+	if len(r.Skipped) == 0 {
+		return s
+	}
+	seen := map[string]bool{}
+	var reasons []string
+	for _, k := range r.Skipped {
+		if !seen[k.Reason] {
+			seen[k.Reason] = true
+			reasons = append(reasons, k.Reason)
+		}
+	}
+	return s + ": " + strings.Join(reasons, "; ")
+}
+
 // Add appends r2 to r, renumbering nothing: indexes stay those of the parser
 // that produced them.
 func (r *Result) Add(r2 Result) {

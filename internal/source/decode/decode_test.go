@@ -97,3 +97,13 @@ func TestSplit(t *testing.T) {
 		t.Fatal("empty body accepted")
 	}
 }
+
+func TestSummary(t *testing.T) {
+	r := Result{Skipped: []Skip{{0, "falco internal: metrics snapshot"}, {1, "falco internal: metrics snapshot"}, {2, "falco internal: syscall event drop"}}}
+	if got := r.Summary(); got != "accepted 0, skipped 3: falco internal: metrics snapshot; falco internal: syscall event drop" {
+		t.Fatal(got)
+	}
+	if got := (Result{}).Summary(); got != "accepted 0, skipped 0" {
+		t.Fatal(got)
+	}
+}

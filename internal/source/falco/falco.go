@@ -306,11 +306,17 @@ func (p *Parser) network(e *event.Event, f fieldMap) {
 		setEP(&dst, f.str("fd.rip"), f.int("fd.rport"))
 		setEP(&src, f.str("fd.lip"), f.int("fd.lport"))
 	}
+	// Falco resolves names when it can (fd.sip.name, fd.rip.name): a
+	// domain is an observable, never an address.
+	if d := f.str("fd.sip.name", "fd.rip.name"); d != "" {
+		dst.Domain = d
+		decode.AddObservable(e, "domain", d)
+	}
 	if src.IP != "" {
 		e.SrcEndpoint = &src
 		decode.AddObservable(e, "ip", src.IP)
 	}
-	if dst.IP != "" {
+	if dst.IP != "" || dst.Domain != "" {
 		e.DstEndpoint = &dst
 		decode.AddObservable(e, "ip", dst.IP)
 	}

@@ -121,3 +121,10 @@ func TestTypeTable(t *testing.T) {
 		}
 	}
 }
+
+func TestResolvedNameIsADomain(t *testing.T) {
+	e := parse1(t, `{"rule":"Outbound Connection to C2 Servers","priority":"Warning","time":"2024-01-01T00:00:00Z","output_fields":{"fd.sip":"198.51.100.66","fd.sport":443,"fd.sip.name":"c2.example","fd.cip":"10.0.0.3","fd.cport":51000}}`)
+	if e.Type != "command_and_control" || e.DstEndpoint.IP != "198.51.100.66" || e.DstEndpoint.Domain != "c2.example" || e.SrcEndpoint.IP != "10.0.0.3" {
+		t.Fatalf("type %q src %+v dst %+v", e.Type, e.SrcEndpoint, e.DstEndpoint)
+	}
+}

@@ -164,6 +164,17 @@ type service struct {
 			RemoteIPDetails *ipDetails `json:"remoteIpDetails"`
 		} `json:"kubernetesApiCallAction"`
 	} `json:"action"`
+	RuntimeDetails *struct {
+		Process *struct {
+			Name           string     `json:"name"`
+			ExecutablePath string     `json:"executablePath"`
+			Pid            decode.Int `json:"pid"`
+			User           string     `json:"user"`
+			Lineage        []struct {
+				Name string `json:"name"`
+			} `json:"lineage"`
+		} `json:"process"`
+	} `json:"runtimeDetails"`
 	Count          decode.Int  `json:"count"`
 	EventFirstSeen decode.Time `json:"eventFirstSeen"`
 	EventLastSeen  decode.Time `json:"eventLastSeen"`
@@ -442,6 +453,20 @@ func (p *Parser) finding(res *decode.Result, path string, raw, whole json.RawMes
 		}
 		e.Kubernetes.Verb = decode.Clip(k.Verb)
 		decode.AddLabel(&e, "k8s.request_uri", k.RequestURI)
+	}
+	if rd := f.Service.RuntimeDetails; rd != nil && rd.Process != nil {
+		// Runtime Monitoring findings name the process on the host or
+		// container.
+		pr := &event.Process{Name: decode.Clip(rd.Process.Name), File: decode.Clip(rd.Process.ExecutablePath), User: decode.Clip(rd.Process.User)}
+		if rd.Process.Pid > 0 && rd.Process.Pid < 1<<31 {
+			pr.PID = int(rd.Process.Pid)
+		}
+		if len(rd.Process.Lineage) > 0 {
+			pr.Parent = decode.Clip(rd.Process.Lineage[0].Name)
+		}
+		if *pr != (event.Process{}) {
+			e.Process = pr
+		}
 	}
 	if *cloud != (event.Cloud{Provider: "aws"}) {
 		e.Cloud = cloud

@@ -134,3 +134,14 @@ func TestTypeOf(t *testing.T) {
 		}
 	}
 }
+
+func TestRuntimeMonitoringFinding(t *testing.T) {
+	body := `{"id":"rt1","type":"CryptoCurrency:Runtime/BitcoinTool.B","accountId":"123456789012","region":"us-east-1","severity":8,
+"resource":{"resourceType":"EKSCluster","eksClusterDetails":{"name":"prod"},"kubernetesDetails":{"kubernetesWorkloadDetails":{"name":"miner-7f","type":"pods","namespace":"shop","containers":[{"name":"app","image":"evil:latest"}]}}},
+"service":{"count":1,"eventLastSeen":"2024-03-03T00:00:00Z","runtimeDetails":{"process":{"name":"xmrig","executablePath":"/tmp/xmrig","pid":4242,"lineage":[{"name":"sh"}]}}}}`
+	e := parse(t, body)[0]
+	if e.Type != "crypto_mining" || e.Priority != "P0" || e.Kubernetes.Pod != "miner-7f" || e.Kubernetes.Namespace != "shop" || e.Kubernetes.Cluster != "prod" ||
+		e.Process.Name != "xmrig" || e.Process.PID != 4242 || e.Process.Parent != "sh" {
+		t.Fatalf("%+v k8s %+v proc %+v", e, e.Kubernetes, e.Process)
+	}
+}

@@ -249,7 +249,7 @@ func (p *Parser) one(res *decode.Result, path string, doc any, raw []byte) error
 		if !ok {
 			return ""
 		}
-		v, ok := pt.Lookup(doc)
+		v, ok := pt.LookupScalar(doc)
 		if !ok {
 			return ""
 		}
@@ -378,7 +378,7 @@ func (p *Parser) one(res *decode.Result, path string, doc any, raw []byte) error
 		e.Cloud = &c
 	}
 	for _, name := range sortedPathKeys(p.labels) {
-		if v, ok := p.labels[name].Lookup(doc); ok {
+		if v, ok := p.labels[name].LookupScalar(doc); ok {
 			decode.AddLabel(&e, name, scalar(v))
 		}
 	}

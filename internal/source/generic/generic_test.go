@@ -54,7 +54,7 @@ func TestDefaultMapping(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := p.Parse([]byte(`{"rule_name":"Brute force on ssh","severity":"high","@timestamp":"2024-01-01T00:00:00Z","src_ip":"198.51.100.2","user":"root"}`))
+	res, err := p.Parse([]byte(`{"rule_name":"Brute force on ssh","severity":"high","@timestamp":"2024-01-01T00:00:00Z","src_ip":"198.51.100.2","user":{"name":"root"}}`))
 	if err != nil {
 		t.Fatal(err)
 	}

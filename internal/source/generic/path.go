@@ -150,3 +150,20 @@ func (p Path) field() string {
 	first := strings.TrimSpace(strings.Split(p.src, "|")[0])
 	return strings.TrimPrefix(strings.TrimPrefix(first, "$"), ".")
 }
+
+// LookupScalar is Lookup restricted to scalar values (string, number,
+// bool): "$.user | $.user.name" skips a "user" that is an object.
+func (p Path) LookupScalar(doc any) (any, bool) {
+	for _, alt := range p.alts {
+		v, ok := eval(doc, alt)
+		if !ok || v == nil || v == "" {
+			continue
+		}
+		switch v.(type) {
+		case map[string]any, []any:
+			continue
+		}
+		return v, true
+	}
+	return nil, false
+}

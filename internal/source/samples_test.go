@@ -204,6 +204,9 @@ func TestRegistryNamesAndUnknown(t *testing.T) {
 	if got := r.Names(); !slices.Equal(got, want) {
 		t.Fatalf("names %v, want %v", got, want)
 	}
+	if !r.Known("falco") || r.Known("nope") {
+		t.Fatal("Known")
+	}
 	if _, err := r.Parse(context.Background(), "nope", []byte(`{}`)); err == nil {
 		t.Fatal("unknown source accepted")
 	}

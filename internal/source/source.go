@@ -170,6 +170,9 @@ func (r *Registry) Get(name string) (Parser, bool) {
 	return p, ok
 }
 
+// Known reports whether name has a parser.
+func (r *Registry) Known(name string) bool { _, ok := r.parsers[name]; return ok }
+
 // ErrUnknownSource is returned by Parse for a name with no parser.
 var ErrUnknownSource = errors.New("unknown source")
 

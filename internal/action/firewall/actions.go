@@ -120,32 +120,17 @@ func endSpan(span trace.Span, err error) {
 	span.End()
 }
 
-// current reads the kernel's entries for the action's elements.
+// current reads the kernel's entries for the action's elements, each with a
+// consistent lookup (see getElement).
 func (a *elemAction) current(ctx context.Context) (map[string]Element, error) {
 	out := map[string]Element{}
-	bySet := map[string]bool{}
 	for _, e := range a.els {
-		bySet[e.setName()] = true
-	}
-	for _, s := range allSets() {
-		if !bySet[s.name] {
-			continue
-		}
-		got, err := a.b.setElements(s)
+		got, ok, err := a.b.Lookup(ctx, e)
 		if err != nil {
 			return nil, err
 		}
-		for _, g := range got {
-			out[g.ID()] = g
-		}
-	}
-	want := map[string]bool{}
-	for _, e := range a.els {
-		want[e.ID()] = true
-	}
-	for id := range out {
-		if !want[id] {
-			delete(out, id)
+		if ok {
+			out[e.ID()] = got
 		}
 	}
 	return out, nil

@@ -52,6 +52,9 @@ type Backend struct {
 	sets  map[string]*nftables.Set
 
 	batch *batcher
+
+	getMu   sync.Mutex    // guards getConn
+	getConn *netlink.Conn // single-element lookups (getelem.go)
 }
 
 // chains quell installs: one base chain per hook.
@@ -162,6 +165,11 @@ func (b *Backend) Close() {
 	if b.ct != nil {
 		_ = b.ct.Close()
 	}
+	b.getMu.Lock()
+	if b.getConn != nil {
+		_ = b.getConn.Close()
+	}
+	b.getMu.Unlock()
 	b.closeFD()
 }
 
@@ -513,6 +521,9 @@ func (b *Backend) Lookup(ctx context.Context, e Element) (Element, bool, error) 
 			spec = s
 		}
 	}
+	if !spec.interval {
+		return b.lookupHash(spec, e)
+	}
 	els, err := b.setElements(spec)
 	if err != nil {
 		return Element{}, false, err
@@ -569,4 +580,60 @@ var errBackendClosed = errors.New("firewall backend closed")
 // batches. It returns when the batch holding els is in the kernel.
 func (b *Backend) Apply(ctx context.Context, els []Element) error {
 	return b.batch.add(ctx, els)
+}
+
+// lookupHash reads one element of a hash set with a consistent lookup.
+func (b *Backend) lookupHash(spec setSpec, e Element) (Element, bool, error) {
+	b.mu.Lock()
+	set := b.sets[spec.name]
+	b.mu.Unlock()
+	kel := e.kernelElements(0)
+	if len(kel) == 0 {
+		return Element{}, false, nil
+	}
+	got, ok, err := b.getElement(set, kel[0].Key)
+	if err != nil || !ok {
+		return Element{}, false, err
+	}
+	if e.Kind == KindIsolate {
+		// Both families are written together; the IPv6 entry must be there too.
+		if _, ok6, err := b.getElement(set, kel[1].Key); err != nil || !ok6 {
+			return Element{}, false, err
+		}
+	}
+	els, err := decodeElements(spec, []nftables.SetElement{got}, b.now())
+	if err != nil || len(els) != 1 {
+		return Element{}, false, err
+	}
+	return els[0], true, nil
+}
+
+// Present reads the kernel back and returns, with their kernel expiry, the
+// elements of want that are there, keyed by ID. It dumps the sets once and
+// confirms anything the dump lacks with a single-element lookup, because a
+// dump of a hash set that is being resized may skip elements.
+func (b *Backend) Present(ctx context.Context, want []Element) (map[string]Element, error) {
+	all, err := b.Elements(ctx)
+	if err != nil {
+		return nil, err
+	}
+	have := make(map[string]Element, len(all))
+	for _, e := range all {
+		have[e.ID()] = e
+	}
+	out := make(map[string]Element, len(want))
+	for _, w := range want {
+		if h, ok := have[w.ID()]; ok {
+			out[w.ID()] = h
+			continue
+		}
+		h, ok, err := b.Lookup(ctx, w)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out[w.ID()] = h
+		}
+	}
+	return out, nil
 }

@@ -84,6 +84,14 @@ func (b *Backend) Reconcile(ctx context.Context, active []Element) (Report, erro
 			continue
 		}
 		h, ok := haveByID[id]
+		if !ok {
+			// A dump can skip elements of a hash set being resized:
+			// confirm with a lookup before calling it missing.
+			var err error
+			if h, ok, err = b.Lookup(ctx, w); err != nil {
+				return rep, fmt.Errorf("reconcile: %w", err)
+			}
+		}
 		switch {
 		case !ok:
 			rep.Reapplied = append(rep.Reapplied, w)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -168,11 +167,7 @@ func dropLatency(c net.Conn, seq *uint32, apply func() error) (time.Duration, er
 			var out [4]byte
 			binary.BigEndian.PutUint32(out[:], p.seq)
 			_, _ = c.Write(out[:])
-			// Spin rather than sleep: a sleeping sender is woken late on
-			// a busy 2-core machine and would report its own delay.
-			for next := p.sent.Add(100 * time.Microsecond); time.Now().Before(next); {
-				runtime.Gosched()
-			}
+			time.Sleep(100 * time.Microsecond)
 		}
 	}()
 	t0 := time.Now()

@@ -81,7 +81,7 @@ type Config struct {
 // WithDefaults fills zero fields.
 func (c Config) WithDefaults() Config {
 	if c.Partitions == 0 {
-		c.Partitions = 8
+		c.Partitions = 64
 	}
 	if c.QueueSize == 0 {
 		c.QueueSize = 4096
@@ -343,11 +343,18 @@ func (p *Pipeline) process(ctx context.Context, e *event.Event) {
 		p.m.age.Observe(time.Since(e.ReceivedAt).Seconds())
 	}
 	ec, rest, err := p.decide(ctx, e)
-	if err != nil || len(rest) == 0 {
-		if err == nil {
-			err = p.complete(ctx, e, ec)
-		}
+	if err != nil {
 		finish(err)
+		return
+	}
+	if len(rest) == 0 {
+		// Marking the event processed is bookkeeping: the worker moves on
+		// while it commits. Until then the event stays claimed.
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			finish(p.complete(ctx, e, ec))
+		}()
 		return
 	}
 	p.wg.Add(1)

@@ -26,15 +26,75 @@ type Store struct {
 	w      *sql.DB // one connection: SQLite has one writer; serializing here avoids SQLITE_BUSY
 	r      *sql.DB
 	ops    chan writeOp
+	stmts  map[string]*sql.Stmt // prepared on the writer connection; used only by the writer goroutine
 	closed chan struct{}
 	wg     sync.WaitGroup
 	once   sync.Once
 }
 
+// wtx is a write transaction whose statements are prepared once on the
+// writer connection and reused: parsing SQL dominated the write path.
+type wtx struct {
+	*sql.Tx
+	s *Store
+}
+
+// stmt returns the prepared statement for q. Hot statements are prepared
+// at open, before any transaction: the writer pool has one connection, and
+// preparing on the pool inside a transaction would wait for it forever.
+func (t *wtx) stmt(ctx context.Context, q string) (*sql.Stmt, error) {
+	if st, ok := t.s.stmts[q]; ok {
+		return t.Tx.StmtContext(ctx, st), nil
+	}
+	return t.Tx.PrepareContext(ctx, q)
+}
+
+func (t *wtx) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	if st, ok := t.s.stmts[q]; ok {
+		return t.Tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+	}
+	return t.Tx.ExecContext(ctx, q, args...)
+}
+
+func (t *wtx) queryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	if st, ok := t.s.stmts[q]; ok {
+		return t.Tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
+	}
+	return t.Tx.QueryRowContext(ctx, q, args...)
+}
+
+// Hot write statements, prepared once at open.
+const (
+	qSavepoint      = `SAVEPOINT op`
+	qRollbackTo     = `ROLLBACK TO op`
+	qRelease        = `RELEASE op`
+	qEventCountByID = `SELECT count FROM events WHERE id = ?`
+	qEventByFP      = `SELECT id FROM events WHERE fingerprint = ? AND received_at >= ? LIMIT 1`
+	qInsertEvent    = `INSERT INTO events(id, source, type, time, received_at, fingerprint, count, doc) VALUES (?,?,?,?,?,?,?,?)`
+	qUpdateEventDoc = `UPDATE events SET count = ?, doc = ?, processed_at = NULL WHERE id = ?`
+	qCompleteEvent  = `UPDATE events SET context = ?, processed_at = ? WHERE id = ?`
+	qTxnByOriginKey = `SELECT doc FROM transactions WHERE origin = ? OR (key = ? AND holds = 1) ORDER BY origin = ? DESC LIMIT 1`
+	qInsertTxn      = `INSERT INTO transactions(id, key, origin, action, state, holds, event_id, created_at, updated_at, version, doc) VALUES (?,?,?,?,?,?,?,?,?,?,?)`
+	qInsertJournal  = `INSERT INTO journal(txn_id, seq, from_state, to_state, at, detail) VALUES (?,?,?,?,?,?)`
+	qUpdateTxn      = `UPDATE transactions SET state = ?, holds = ?, updated_at = ?, version = ?, doc = ? WHERE id = ? AND version = ?`
+)
+
+func (s *Store) prepare(ctx context.Context) error {
+	for _, q := range []string{qSavepoint, qRollbackTo, qRelease, qEventCountByID, qEventByFP, qInsertEvent, qUpdateEventDoc,
+		qCompleteEvent, qTxnByOriginKey, qInsertTxn, qInsertJournal, qUpdateTxn} {
+		st, err := s.w.PrepareContext(ctx, q)
+		if err != nil {
+			return fmt.Errorf("prepare %q: %w", q, err)
+		}
+		s.stmts[q] = st
+	}
+	return nil
+}
+
 // writeOp is one unit of work for the group-commit writer.
 type writeOp struct {
 	ctx  context.Context
-	fn   func(ctx context.Context, tx *sql.Tx) error
+	fn   func(ctx context.Context, tx *wtx) error
 	done chan error
 }
 
@@ -64,8 +124,13 @@ func Open(ctx context.Context, dir string) (*Store, error) {
 		return nil, fmt.Errorf("open %s for reading: %w", path, err)
 	}
 	r.SetMaxOpenConns(8)
-	s := &Store{w: w, r: r, ops: make(chan writeOp, 1024), closed: make(chan struct{})}
+	s := &Store{w: w, r: r, ops: make(chan writeOp, 1024), closed: make(chan struct{}), stmts: map[string]*sql.Stmt{}}
 	if err := s.migrate(ctx); err != nil {
+		w.Close()
+		r.Close()
+		return nil, err
+	}
+	if err := s.prepare(ctx); err != nil {
 		w.Close()
 		r.Close()
 		return nil, err
@@ -79,6 +144,9 @@ func Open(ctx context.Context, dir string) (*Store, error) {
 func (s *Store) Close() error {
 	s.once.Do(func() { close(s.closed) })
 	s.wg.Wait()
+	for _, st := range s.stmts {
+		st.Close()
+	}
 	return errors.Join(s.w.Close(), s.r.Close())
 }
 
@@ -86,7 +154,7 @@ func (s *Store) Close() error {
 // writes: one commit, one fsync for the whole group. Each operation runs
 // under its own savepoint, so one failing operation does not undo the
 // others. write returns when the group is durable.
-func (s *Store) write(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
+func (s *Store) write(ctx context.Context, fn func(ctx context.Context, tx *wtx) error) error {
 	op := writeOp{ctx: ctx, fn: fn, done: make(chan error, 1)}
 	select {
 	case s.ops <- op:
@@ -136,15 +204,16 @@ func (s *Store) commitGroup(group []writeOp) {
 			op.done <- err
 		}
 	}
-	tx, err := s.w.BeginTx(ctx, nil)
+	stx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		fail(fmt.Errorf("begin write: %w", err))
 		return
 	}
+	tx := &wtx{Tx: stx, s: s}
 	errs := make([]error, len(group))
 	for i, op := range group {
 		if len(group) > 1 {
-			if _, err := tx.ExecContext(ctx, "SAVEPOINT op"); err != nil {
+			if _, err := tx.exec(ctx, qSavepoint); err != nil {
 				tx.Rollback()
 				fail(fmt.Errorf("savepoint: %w", err))
 				return
@@ -153,13 +222,13 @@ func (s *Store) commitGroup(group []writeOp) {
 		errs[i] = op.fn(op.ctx, tx)
 		if len(group) > 1 {
 			if errs[i] != nil {
-				if _, err := tx.ExecContext(ctx, "ROLLBACK TO op"); err != nil {
+				if _, err := tx.exec(ctx, qRollbackTo); err != nil {
 					tx.Rollback()
 					fail(fmt.Errorf("rollback to savepoint: %w", err))
 					return
 				}
 			}
-			if _, err := tx.ExecContext(ctx, "RELEASE op"); err != nil {
+			if _, err := tx.exec(ctx, qRelease); err != nil {
 				tx.Rollback()
 				fail(fmt.Errorf("release savepoint: %w", err))
 				return
@@ -266,7 +335,7 @@ func nanos(t time.Time) int64 { return t.UnixNano() }
 // AppendEvents writes the batch in one transaction: one fsync for all.
 func (s *Store) AppendEvents(ctx context.Context, evs []*event.Event, window time.Duration) ([]store.AppendResult, error) {
 	var out []store.AppendResult
-	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *wtx) error {
 		var err error
 		out, err = appendEvents(ctx, tx, evs, window)
 		return err
@@ -277,27 +346,23 @@ func (s *Store) AppendEvents(ctx context.Context, evs []*event.Event, window tim
 	return out, nil
 }
 
-func appendEvents(ctx context.Context, tx *sql.Tx, evs []*event.Event, window time.Duration) ([]store.AppendResult, error) {
-	byID, err := tx.PrepareContext(ctx, `SELECT count FROM events WHERE id = ?`)
+func appendEvents(ctx context.Context, tx *wtx, evs []*event.Event, window time.Duration) ([]store.AppendResult, error) {
+	byID, err := tx.stmt(ctx, qEventCountByID)
 	if err != nil {
 		return nil, fmt.Errorf("append events: %w", err)
 	}
-	defer byID.Close()
-	byFP, err := tx.PrepareContext(ctx, `SELECT id FROM events WHERE fingerprint = ? AND received_at >= ? LIMIT 1`)
+	byFP, err := tx.stmt(ctx, qEventByFP)
 	if err != nil {
 		return nil, fmt.Errorf("append events: %w", err)
 	}
-	defer byFP.Close()
-	ins, err := tx.PrepareContext(ctx, `INSERT INTO events(id, source, type, time, received_at, fingerprint, count, doc) VALUES (?,?,?,?,?,?,?,?)`)
+	ins, err := tx.stmt(ctx, qInsertEvent)
 	if err != nil {
 		return nil, fmt.Errorf("append events: %w", err)
 	}
-	defer ins.Close()
-	upd, err := tx.PrepareContext(ctx, `UPDATE events SET count = ?, doc = ?, processed_at = NULL WHERE id = ?`)
+	upd, err := tx.stmt(ctx, qUpdateEventDoc)
 	if err != nil {
 		return nil, fmt.Errorf("append events: %w", err)
 	}
-	defer upd.Close()
 
 	out := make([]store.AppendResult, len(evs))
 	for i, e := range evs {
@@ -440,8 +505,8 @@ func (s *Store) CompleteEvent(ctx context.Context, id string, c *event.Context) 
 	if err != nil {
 		return fmt.Errorf("complete event %s: encode: %w", id, err)
 	}
-	return s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE events SET context = ?, processed_at = ? WHERE id = ?`, doc, nanos(time.Now()), id)
+	return s.write(ctx, func(ctx context.Context, tx *wtx) error {
+		res, err := tx.exec(ctx, qCompleteEvent, doc, nanos(time.Now()), id)
 		if err != nil {
 			return fmt.Errorf("complete event %s: %w", id, err)
 		}
@@ -478,7 +543,7 @@ func (s *Store) Unprocessed(ctx context.Context, n int) ([]*event.Event, error) 
 func (s *Store) CreateTxn(ctx context.Context, t *txn.Transaction, e ...txn.JournalEntry) (*txn.Transaction, bool, error) {
 	var existing *txn.Transaction
 	created := false
-	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *wtx) error {
 		var err error
 		existing, created, err = createTxn(ctx, tx, t, e)
 		return err
@@ -490,9 +555,9 @@ func (s *Store) CreateTxn(ctx context.Context, t *txn.Transaction, e ...txn.Jour
 	return existing, created, nil
 }
 
-func createTxn(ctx context.Context, tx *sql.Tx, t *txn.Transaction, entries []txn.JournalEntry) (*txn.Transaction, bool, error) {
+func createTxn(ctx context.Context, tx *wtx, t *txn.Transaction, entries []txn.JournalEntry) (*txn.Transaction, bool, error) {
 	var doc []byte
-	err := tx.QueryRowContext(ctx, `SELECT doc FROM transactions WHERE origin = ? OR (key = ? AND holds = 1) ORDER BY origin = ? DESC LIMIT 1`, t.Origin, t.Key, t.Origin).Scan(&doc)
+	err := tx.queryRow(ctx, qTxnByOriginKey, t.Origin, t.Key, t.Origin).Scan(&doc)
 	if err == nil {
 		existing := &txn.Transaction{}
 		if err := json.Unmarshal(doc, existing); err != nil {
@@ -522,12 +587,12 @@ func holds(st txn.State) int {
 	return 0
 }
 
-func insertTxn(ctx context.Context, tx *sql.Tx, t *txn.Transaction) error {
+func insertTxn(ctx context.Context, tx *wtx, t *txn.Transaction) error {
 	doc, err := json.Marshal(t)
 	if err != nil {
 		return fmt.Errorf("create txn %s: encode: %w", t.ID, err)
 	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO transactions(id, key, origin, action, state, holds, event_id, created_at, updated_at, version, doc) VALUES (?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err = tx.exec(ctx, qInsertTxn,
 		t.ID, t.Key, t.Origin, t.Action, string(t.State), holds(t.State), t.EventID, nanos(t.CreatedAt), nanos(t.UpdatedAt), t.Version, doc)
 	if err != nil {
 		return fmt.Errorf("create txn %s: insert: %w", t.ID, err)
@@ -535,8 +600,8 @@ func insertTxn(ctx context.Context, tx *sql.Tx, t *txn.Transaction) error {
 	return nil
 }
 
-func insertJournal(ctx context.Context, tx *sql.Tx, e txn.JournalEntry) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO journal(txn_id, seq, from_state, to_state, at, detail) VALUES (?,?,?,?,?,?)`,
+func insertJournal(ctx context.Context, tx *wtx, e txn.JournalEntry) error {
+	_, err := tx.exec(ctx, qInsertJournal,
 		e.TxnID, e.Seq, string(e.From), string(e.To), nanos(e.At), e.Detail)
 	if err != nil {
 		return fmt.Errorf("journal txn %s #%d: %w", e.TxnID, e.Seq, err)
@@ -546,7 +611,7 @@ func insertJournal(ctx context.Context, tx *sql.Tx, e txn.JournalEntry) error {
 
 // UpdateTxn persists a transition with optimistic concurrency.
 func (s *Store) UpdateTxn(ctx context.Context, t *txn.Transaction, e txn.JournalEntry) error {
-	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error { return updateTxn(ctx, tx, t, e) })
+	err := s.write(ctx, func(ctx context.Context, tx *wtx) error { return updateTxn(ctx, tx, t, e) })
 	if err != nil {
 		return err
 	}
@@ -554,14 +619,14 @@ func (s *Store) UpdateTxn(ctx context.Context, t *txn.Transaction, e txn.Journal
 	return nil
 }
 
-func updateTxn(ctx context.Context, tx *sql.Tx, t *txn.Transaction, e txn.JournalEntry) error {
+func updateTxn(ctx context.Context, tx *wtx, t *txn.Transaction, e txn.JournalEntry) error {
 	next := *t
 	next.Version = t.Version + 1
 	doc, err := json.Marshal(&next)
 	if err != nil {
 		return fmt.Errorf("update txn %s: encode: %w", t.ID, err)
 	}
-	res, err := tx.ExecContext(ctx, `UPDATE transactions SET state = ?, holds = ?, updated_at = ?, version = ?, doc = ? WHERE id = ? AND version = ?`,
+	res, err := tx.exec(ctx, qUpdateTxn,
 		string(t.State), holds(t.State), nanos(t.UpdatedAt), next.Version, doc, t.ID, t.Version)
 	if err != nil {
 		if strings.Contains(err.Error(), "UNIQUE") {

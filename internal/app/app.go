@@ -18,14 +18,20 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/quell-ir/quell/internal/action"
+	"github.com/quell-ir/quell/internal/action/kube"
 	"github.com/quell-ir/quell/internal/config"
+	"github.com/quell-ir/quell/internal/enrich"
 	"github.com/quell-ir/quell/internal/enrich/netclass"
 	"github.com/quell-ir/quell/internal/event"
 	"github.com/quell-ir/quell/internal/intake"
 	"github.com/quell-ir/quell/internal/pipeline"
 	"github.com/quell-ir/quell/internal/playbook"
 	"github.com/quell-ir/quell/internal/policy"
+	"github.com/quell-ir/quell/internal/risk"
 	"github.com/quell-ir/quell/internal/server"
+	"github.com/quell-ir/quell/internal/source"
+	"github.com/quell-ir/quell/internal/source/auth"
+	"github.com/quell-ir/quell/internal/source/tail"
 	"github.com/quell-ir/quell/internal/store/sqlite"
 	"github.com/quell-ir/quell/internal/txn"
 )
@@ -53,6 +59,11 @@ type App struct {
 	Pipeline  *pipeline.Pipeline
 	Protected *netclass.Table
 	Policy    *policy.Engine // nil when policy is disabled
+	Sources   *source.Registry
+	Enricher  *enrich.Pipeline
+	Scorer    *risk.Scorer
+	Kube      *kube.Client // nil when kubernetes is disabled
+	tailers   []*tail.Tailer
 	handler   http.Handler
 	pbMetrics *playbook.Metrics
 
@@ -81,11 +92,35 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 			return nil, fmt.Errorf("register actions: %w", err)
 		}
 	}
+	if cfg.Kubernetes.Enabled {
+		kc, err := kube.New(cfg.Kubernetes.Config, kube.Options{Logger: a.log.With("component", "kube"), Registerer: a.Metrics})
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes: %w", err)
+		}
+		if err := kube.Register(a.Registry, kc); err != nil {
+			return nil, fmt.Errorf("kubernetes: %w", err)
+		}
+		a.Kube = kc
+	}
 	prot, err := buildProtected(cfg)
 	if err != nil {
 		return nil, err
 	}
 	a.Protected = prot
+	srcs, err := source.New(cfg.Sources, a.Metrics)
+	if err != nil {
+		return nil, fmt.Errorf("sources: %w", err)
+	}
+	a.Sources = srcs
+	chk, err := auth.New(cfg.IntakeAuth, a.Metrics, a.log.With("component", "intake-auth"))
+	if err != nil {
+		return nil, fmt.Errorf("intake auth: %w", err)
+	}
+	enr, err := enrich.New(cfg.Enrichment, enrich.Deps{Registerer: a.Metrics, Logger: a.log.With("component", "enrich"), Network: prot})
+	if err != nil {
+		return nil, fmt.Errorf("enrichment: %w", err)
+	}
+	a.Enricher = enr
 
 	st, err := sqlite.Open(ctx, cfg.DataDir)
 	if err != nil {
@@ -117,13 +152,19 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		return nil, err
 	}
 	a.Engine = eng
+	scorer, err := risk.New(cfg.Risk, history{st}, a.Metrics, a.log.With("component", "risk"))
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("risk: %w", err)
+	}
+	a.Scorer = scorer
 	a.Pipeline = pipeline.New(cfg.Pipeline, pipeline.Deps{
-		Store: st, Planner: planner{a}, Submitter: eng,
+		Store: st, Planner: planner{a}, Submitter: eng, Enricher: enr, Scorer: scorer,
 		Logger: a.log.With("component", "pipeline"), Registerer: a.Metrics,
 	})
 	a.Committer = intake.NewCommitter(cfg.Intake, st, a.Pipeline.Enqueue, a.Metrics, a.log.With("component", "intake"))
 	a.handler = server.New(server.Deps{
-		Intake: a.Committer, Engine: eng, Store: st, Registry: a.Registry,
+		Intake: a.Committer, Engine: eng, Store: st, Registry: a.Registry, Sources: sourcesAdapter{srcs, chk},
 		Gatherer: a.Metrics, Metrics: a.Metrics, Logger: a.log.With("component", "http"),
 		MaxBody: cfg.Intake.MaxBodyBytes, Version: Version,
 		Ready: func(ctx context.Context) error {
@@ -136,6 +177,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 
 func buildProtected(cfg config.Config) (*netclass.Table, error) {
 	var nc netclass.Config
+	nc = cfg.Enrichment.Network
 	for _, c := range cfg.Protected.CIDRs {
 		nc.Protected = append(nc.Protected, netclass.ProtectedPrefix{CIDR: c, Reason: "protected by configuration"})
 	}
@@ -271,6 +313,18 @@ func (a *App) Start(ctx context.Context) error {
 	}
 	a.bg.Add(1)
 	go func() { defer a.bg.Done(); a.Committer.Run(bg) }()
+	a.Enricher.Start(bg)
+	a.Scorer.Start(bg)
+	if a.Kube != nil {
+		if err := a.Kube.Start(bg); err != nil {
+			cancel()
+			return fmt.Errorf("kubernetes: %w", err)
+		}
+	}
+	if err := a.startTails(bg); err != nil {
+		cancel()
+		return err
+	}
 	a.Pipeline.Start(bg)
 	if a.Policy != nil && a.cfg.Policy.Watch {
 		a.bg.Add(1)
@@ -325,6 +379,9 @@ func (a *App) Stop(ctx context.Context) error {
 	}
 	a.bg.Wait()
 	a.Pipeline.Wait()
+	if err := a.Enricher.Close(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := a.Store.Close(); err != nil {
 		errs = append(errs, err)
 	}

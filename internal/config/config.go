@@ -19,9 +19,15 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/quell-ir/quell/internal/action/builtin"
+	"github.com/quell-ir/quell/internal/action/kube"
+	"github.com/quell-ir/quell/internal/enrich"
 	"github.com/quell-ir/quell/internal/intake"
 	"github.com/quell-ir/quell/internal/pipeline"
 	"github.com/quell-ir/quell/internal/policy"
+	"github.com/quell-ir/quell/internal/risk"
+	"github.com/quell-ir/quell/internal/source"
+	"github.com/quell-ir/quell/internal/source/auth"
+	"github.com/quell-ir/quell/internal/source/tail"
 	"github.com/quell-ir/quell/internal/txn"
 )
 
@@ -40,6 +46,21 @@ type Config struct {
 	Tracing   Tracing         `yaml:"tracing"`
 	Actions   builtin.Config  `yaml:"actions"`
 	Policy    policy.Config   `yaml:"policy"`
+	// Sources configures the tool-native parsers (generic mappings,
+	// classification overrides).
+	Sources    source.Config `yaml:"sources"`
+	IntakeAuth auth.Config   `yaml:"intake_auth"`
+	Tail       []tail.Config `yaml:"tail"`
+	Enrichment enrich.Config `yaml:"enrichment"`
+	Risk       risk.Config   `yaml:"risk"`
+	Kubernetes KubeConfig    `yaml:"kubernetes"`
+}
+
+// KubeConfig turns the Kubernetes provider on; the client is built only
+// when it is enabled.
+type KubeConfig struct {
+	Enabled     bool `yaml:"enabled"`
+	kube.Config `yaml:",inline"`
 }
 
 // Server is the HTTP listener.
@@ -81,16 +102,21 @@ type Tracing struct {
 // Default returns the zero-config defaults.
 func Default() Config {
 	c := Config{
-		Server:   Server{Addr: "127.0.0.1:8080", ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second, ShutdownTimeout: 30 * time.Second},
-		DataDir:  "./quell-data",
-		Mode:     txn.ModeAudit,
-		Log:      Log{Level: "info", Format: "json"},
-		Intake:   intake.Config{}.WithDefaults(),
-		Pipeline: pipeline.Config{}.WithDefaults(),
-		Engine:   txn.Config{}.WithDefaults(),
-		Tracing:  Tracing{SampleRatio: 1},
-		Actions:  builtin.DefaultConfig(),
-		Policy:   policy.DefaultConfig(),
+		Server:     Server{Addr: "127.0.0.1:8080", ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second, ShutdownTimeout: 30 * time.Second},
+		DataDir:    "./quell-data",
+		Mode:       txn.ModeAudit,
+		Log:        Log{Level: "info", Format: "json"},
+		Intake:     intake.Config{}.WithDefaults(),
+		Pipeline:   pipeline.Config{}.WithDefaults(),
+		Engine:     txn.Config{}.WithDefaults(),
+		Tracing:    Tracing{SampleRatio: 1},
+		Actions:    builtin.DefaultConfig(),
+		Policy:     policy.DefaultConfig(),
+		Sources:    source.DefaultConfig(),
+		IntakeAuth: auth.DefaultConfig(),
+		Enrichment: enrich.DefaultConfig(),
+		Risk:       risk.DefaultConfig(),
+		Kubernetes: KubeConfig{Config: kube.DefaultConfig()},
 	}
 	return c
 }
@@ -335,6 +361,16 @@ func (c *Config) validate() []Error {
 	prefixed("engine", c.Engine.Validate())
 	prefixed("actions", c.Actions.Validate())
 	prefixed("", c.Policy.Validate())
+	prefixed("sources", c.Sources.Validate())
+	prefixed("intake_auth", c.IntakeAuth.Validate())
+	for i, t := range c.Tail {
+		prefixed(fmt.Sprintf("tail[%d]", i), t.Validate())
+	}
+	prefixed("enrichment", c.Enrichment.Validate())
+	prefixed("risk", c.Risk.Validate())
+	if c.Kubernetes.Enabled {
+		prefixed("", c.Kubernetes.Config.Validate())
+	}
 	for i, s := range c.Protected.CIDRs {
 		if _, err := netip.ParsePrefix(s); err != nil {
 			if _, err2 := netip.ParseAddr(s); err2 != nil {

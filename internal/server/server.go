@@ -67,7 +67,7 @@ type Skip struct {
 // Sources parses tool-native formats. Authenticate checks a request
 // against the source's configured credentials before the body is parsed.
 type Sources interface {
-	Parse(name string, body []byte) (SourceResult, error)
+	Parse(ctx context.Context, name string, body []byte) (SourceResult, error)
 	Known(name string) bool
 	Authenticate(name string, r *http.Request, body []byte) error
 }
@@ -297,7 +297,7 @@ func (s *Server) postSource(w http.ResponseWriter, r *http.Request) {
 		writeError(w, 401, "authorization", err.Error())
 		return
 	}
-	res, err := s.d.Sources.Parse(name, body)
+	res, err := s.d.Sources.Parse(r.Context(), name, body)
 	if err != nil {
 		s.rejects.WithLabelValues(name, "invalid").Inc()
 		writeErr(w, err)

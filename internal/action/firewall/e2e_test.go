@@ -30,7 +30,7 @@ type lab struct {
 func newLab(t *testing.T, mut func(*Config)) *lab {
 	t.Helper()
 	lan := netns.NewLAN(t,
-		netns.HostSpec{Name: "atk", Addrs: pfx("10.77.0.1/16", "10.77.1.5/16", "fd77::1/64")},
+		netns.HostSpec{Name: "atk", Addrs: pfx("10.77.0.1/16", "10.77.1.5/16", "fd77::1/64", "fd77::1:5/64")},
 		netns.HostSpec{Name: "bys", Addrs: pfx("10.77.2.2/16", "fd77::2/64")},
 		netns.HostSpec{Name: "vic", Addrs: pfx("10.77.0.3/16", "fd77::3/64")},
 	)
@@ -231,6 +231,8 @@ func TestBlockEndToEnd(t *testing.T) {
 func TestBlockExpiresByTTL(t *testing.T) {
 	l := newLab(t, nil)
 	ctx := context.Background()
+	// The attacker has two IPv6 addresses: send from the blocked one.
+	atk6 := netip.MustParseAddr("fd77::1")
 	a := build(t, l.reg, "firewall.block", map[string]string{"address": "fd77::1", "direction": "both"})
 	if _, err := a.Check(ctx); err != nil {
 		t.Fatal(err)
@@ -243,13 +245,13 @@ func TestBlockExpiresByTTL(t *testing.T) {
 	if err := a.Verify(ctx, eff); err != nil {
 		t.Fatal(err)
 	}
-	if err := get(l.attacker, netip.Addr{}, l.http6); err == nil {
+	if err := get(l.attacker, atk6, l.http6); err == nil {
 		t.Fatal("attacker reaches the server over IPv6 after the block")
 	}
 	if err := awaitReach(l.bystander, netip.Addr{}, l.http6, 3*time.Second); err != nil {
 		t.Fatalf("bystander blocked: %v", err)
 	}
-	if err := awaitReach(l.attacker, netip.Addr{}, l.http6, 6*time.Second); err != nil {
+	if err := awaitReach(l.attacker, atk6, l.http6, 6*time.Second); err != nil {
 		t.Fatalf("after the TTL: %v", err)
 	}
 	if el := time.Since(start); el < 2500*time.Millisecond {
@@ -277,6 +279,80 @@ func TestBlockRangeIsEnforcedAsRange(t *testing.T) {
 	}
 	if err := awaitReach(l.attacker, netip.MustParseAddr("10.77.0.1"), l.http4, 3*time.Second); err != nil {
 		t.Fatalf("10.77.0.1, outside the range, is blocked: %v", err)
+	}
+	// The same for IPv6: fd77::1:0/112 holds fd77::1:5 but not fd77::1.
+	a6 := build(t, l.reg, "firewall.block", map[string]string{"address": "fd77::1:0/112"})
+	if _, err := a6.Check(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a6.Apply(ctx, eff); err != nil {
+		t.Fatal(err)
+	}
+	if err := a6.Verify(ctx, eff); err != nil {
+		t.Fatal(err)
+	}
+	if err := get(l.attacker, netip.MustParseAddr("fd77::1:5"), l.http6); err == nil {
+		t.Fatal("fd77::1:5 reaches the server through a fd77::1:0/112 block")
+	}
+	if err := awaitReach(l.attacker, netip.MustParseAddr("fd77::1"), l.http6, 3*time.Second); err != nil {
+		t.Fatalf("fd77::1, outside the range, is blocked: %v", err)
+	}
+}
+
+func TestBlockOutDirection(t *testing.T) {
+	l := newLab(t, nil)
+	ctx := context.Background()
+	// The bystander runs a service the victim uses.
+	ln, err := l.bystander.Listen("tcp", "10.77.2.2:9090")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	dial := func(wait time.Duration) error {
+		ctx, cancel := context.WithTimeout(ctx, wait)
+		defer cancel()
+		c, err := l.victim.Dial(ctx, "tcp", "10.77.2.2:9090")
+		if err == nil {
+			_ = c.Close()
+		}
+		return err
+	}
+	if err := dial(3 * time.Second); err != nil {
+		t.Fatalf("before: %v", err)
+	}
+	a := build(t, l.reg, "firewall.block", map[string]string{"address": "10.77.2.2", "direction": "out", "ports": "9090"})
+	before, err := a.Check(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eff := action.Effect{ExpiresAt: time.Now().Add(time.Hour)}
+	if err := a.Apply(ctx, eff); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Verify(ctx, eff); err != nil {
+		t.Fatal(err)
+	}
+	if err := dial(400 * time.Millisecond); err == nil {
+		t.Fatal("victim still connects out to 10.77.2.2:9090")
+	}
+	// Only outgoing traffic to that port: the bystander still reaches the victim.
+	if err := awaitReach(l.bystander, noAddr, l.http4, 3*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Revert(ctx, before); err != nil {
+		t.Fatal(err)
+	}
+	if err := dial(3 * time.Second); err != nil {
+		t.Fatalf("after revert: %v", err)
 	}
 }
 

@@ -68,7 +68,7 @@ const (
 	qSavepoint      = `SAVEPOINT op`
 	qRollbackTo     = `ROLLBACK TO op`
 	qRelease        = `RELEASE op`
-	qEventCountByID = `SELECT count FROM events WHERE id = ?`
+	qEventCountByID = `SELECT count, json_extract(doc, '$.status') FROM events WHERE id = ?`
 	qEventByFP      = `SELECT id FROM events WHERE fingerprint = ? AND received_at >= ? LIMIT 1`
 	qInsertEvent    = `INSERT INTO events(id, source, type, time, received_at, fingerprint, count, doc) VALUES (?,?,?,?,?,?,?,?)`
 	qUpdateEventDoc = `UPDATE events SET count = ?, doc = ?, processed_at = NULL WHERE id = ?`
@@ -367,10 +367,13 @@ func appendEvents(ctx context.Context, tx *wtx, evs []*event.Event, window time.
 	out := make([]store.AppendResult, len(evs))
 	for i, e := range evs {
 		var count int
-		err := byID.QueryRowContext(ctx, e.ID).Scan(&count)
+		var status sql.NullString
+		err := byID.QueryRowContext(ctx, e.ID).Scan(&count, &status)
 		switch {
 		case err == nil:
-			if e.Count > count {
+			// An update is news: a higher count (GuardDuty re-sends a
+			// finding), or the resolution of an open event (Alertmanager).
+			if e.Count > count || (e.Status == event.StatusResolved && status.String != event.StatusResolved) {
 				doc, err := json.Marshal(e)
 				if err != nil {
 					return nil, fmt.Errorf("append event %s: encode: %w", e.ID, err)

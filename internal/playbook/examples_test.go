@@ -49,7 +49,7 @@ func examplePaths(t testing.TB) []string {
 	t.Helper()
 	dir := filepath.Join("..", "..", "examples", "playbooks")
 	var out []string
-	for _, n := range []string{"log-high-risk.yaml", "exec-site-block.yaml", "cloud-identity.yaml"} {
+	for _, n := range []string{"log-high-risk.yaml", "with-exec/exec-site-block.yaml", "with-exec/cloud-identity.yaml"} {
 		out = append(out, filepath.Join(dir, n))
 	}
 	return out

@@ -153,7 +153,13 @@ func (b *Backend) cut(ctx context.Context, m flowMatcher) (int, error) {
 	return n, errors.Join(errs...)
 }
 
-// remaining counts the entries m still matches (the post-check).
+// remaining counts the assured (established) entries m still matches (the
+// post-check). A flow the block cut and that was not deleted is assured;
+// an attempt made after the block is not: when the host itself tries to
+// connect to a peer blocked inbound, conntrack sees the SYN and even the
+// SYN-ACK (it runs before quell's chain, which then drops it), but never
+// the handshake's end, and counting that entry would fail Verify for a
+// block that works.
 func (b *Backend) remaining(ctx context.Context, m flowMatcher) (int, error) {
 	_, span := b.tracer.Start(ctx, "firewall.conntrack_remaining", trace.WithAttributes())
 	defer span.End()
@@ -163,7 +169,7 @@ func (b *Backend) remaining(ctx context.Context, m flowMatcher) (int, error) {
 	}
 	n := 0
 	for _, f := range flows {
-		if m(f) {
+		if f.Status.Assured() && m(f) {
 			n++
 		}
 	}

@@ -216,6 +216,22 @@ func TestBlockEndToEnd(t *testing.T) {
 	if err := awaitReach(l.attacker, none, l.http6, 3*time.Second); err != nil {
 		t.Fatalf("attacker's IPv6 blocked by an IPv4 block: %v", err)
 	}
+	// The victim trying to reach the attacker leaves a conntrack entry
+	// that never sees a reply: the post-check must still pass.
+	atkLn, err := l.attacker.Listen("tcp", "10.77.0.1:9191")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer atkLn.Close()
+	dctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	if c, err := l.victim.Dial(dctx, "tcp", "10.77.0.1:9191"); err == nil {
+		_ = c.Close()
+		t.Fatal("victim completed a connection to the blocked attacker")
+	}
+	cancel()
+	if err := a.Verify(ctx, eff); err != nil {
+		t.Fatalf("verify after the victim tried to reach the attacker: %v", err)
+	}
 	if err := a.Revert(ctx, before); err != nil {
 		t.Fatalf("revert: %v", err)
 	}
@@ -649,5 +665,30 @@ func TestFailedSetupLeavesNothing(t *testing.T) {
 	}
 	if len(chains) != 0 || len(sets) != 1 {
 		t.Fatalf("failed setup left %d chains and %d sets, want 0 and the 1 that was there", len(chains), len(sets))
+	}
+}
+
+// TestVerifyDetectsUncutFlows: the post-check must notice an established
+// flow of the blocked peer that is still in the conntrack table.
+func TestVerifyDetectsUncutFlows(t *testing.T) {
+	l := newLab(t, nil)
+	ctx := context.Background()
+	openEcho(t, l.attacker, l.echo4) // established and assured
+	a := build(t, l.reg, "firewall.block", map[string]string{"address": "10.77.0.1"})
+	eff := action.Effect{ExpiresAt: time.Now().Add(time.Hour)}
+	// Put the element in without Apply's flow cut.
+	if err := l.backend.AddElements(ctx, a.(Contained).Elements(eff.ExpiresAt)); err != nil {
+		t.Fatal(err)
+	}
+	err := a.Verify(ctx, eff)
+	if err == nil || !strings.Contains(err.Error(), "conntrack entries") {
+		t.Fatalf("verify with an uncut flow: %v, want remaining conntrack entries", err)
+	}
+	// Apply cuts it; then the post-check passes.
+	if err := a.Apply(ctx, eff); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Verify(ctx, eff); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -178,9 +178,12 @@ func Load(path string, env []string) (Config, error) {
 	for _, fe := range applyEnv(&c, env) {
 		errs = append(errs, fe)
 	}
-	// The top-level mode is the one users know; it drives the engine.
-	if c.Mode != "" {
+	// The top-level mode is the one users know; it drives the engine (an
+	// invalid one is reported once, as mode).
+	if c.Mode == txn.ModeAudit || c.Mode == txn.ModeEnforce {
 		c.Engine.Mode = c.Mode
+	} else {
+		c.Engine.Mode = ""
 	}
 	for _, fe := range c.validate() {
 		fe.File = path

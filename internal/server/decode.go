@@ -65,7 +65,7 @@ func DecodeEvents(body []byte) ([]*event.Event, error) {
 			break
 		}
 		prefix := ""
-		if i > 0 || dec.More() {
+		if i > 0 || (err == nil && dec.More()) {
 			prefix = fmt.Sprintf("[%d]", i)
 		}
 		if err != nil {

@@ -64,6 +64,7 @@ type App struct {
 	Scorer    *risk.Scorer
 	Kube      *kube.Client // nil when kubernetes is disabled
 	tailers   []*tail.Tailer
+	fw        fwProvider
 	handler   http.Handler
 	pbMetrics *playbook.Metrics
 
@@ -87,6 +88,9 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	if err := registerActions(a.Registry, cfg, a.log, a.Metrics); err != nil {
 		return nil, err
 	}
+	if err := a.fw.register(a.Registry); err != nil {
+		return nil, err
+	}
 	if opts.Register != nil {
 		if err := opts.Register(a.Registry); err != nil {
 			return nil, fmt.Errorf("register actions: %w", err)
@@ -101,6 +105,8 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 			return nil, fmt.Errorf("kubernetes: %w", err)
 		}
 		a.Kube = kc
+	} else if err := registerKubeSpecs(a.Registry); err != nil {
+		return nil, err
 	}
 	prot, err := buildProtected(cfg)
 	if err != nil {
@@ -142,6 +148,10 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 			return nil, fmt.Errorf("policy: %w", err)
 		}
 		a.Policy, dec = pe, pe
+	}
+	if err := a.connectFirewall(ctx); err != nil {
+		st.Close()
+		return nil, err
 	}
 	eng, err := txn.New(cfg.Engine, txn.Deps{
 		Store: st, Registry: a.Registry, Protectors: []txn.Protector{prot}, Decider: dec,
@@ -382,6 +392,9 @@ func (a *App) Stop(ctx context.Context) error {
 	if err := a.Enricher.Close(); err != nil {
 		errs = append(errs, err)
 	}
+	if a.fw.b != nil {
+		a.fw.b.Close()
+	}
 	if err := a.Store.Close(); err != nil {
 		errs = append(errs, err)
 	}
@@ -395,13 +408,13 @@ func ValidatePlaybooks(ctx context.Context, cfg config.Config) error {
 	if len(cfg.Playbooks) == 0 {
 		return nil
 	}
-	reg := action.NewRegistry()
-	if err := registerActions(reg, cfg, slog.New(slog.DiscardHandler), nil); err != nil {
+	reg, err := Registry(ctx, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
 		return err
 	}
 	pc := playbook.DefaultConfig()
 	pc.Paths = cfg.Playbooks
-	_, err := playbook.Load(ctx, cfg.Playbooks, reg, playbook.WithConfig(pc))
+	_, err = playbook.Load(ctx, cfg.Playbooks, reg, playbook.WithConfig(pc))
 	return err
 }
 
@@ -412,5 +425,28 @@ func Registry(ctx context.Context, cfg config.Config, log *slog.Logger) (*action
 	if err := registerActions(reg, cfg, log, nil); err != nil {
 		return nil, err
 	}
+	var fw fwProvider
+	if err := fw.register(reg); err != nil {
+		return nil, err
+	}
+	if err := registerKubeSpecs(reg); err != nil {
+		return nil, err
+	}
 	return reg, nil
+}
+
+// registerKubeSpecs makes the Kubernetes actions known (for playbooks and
+// `quell actions ls`) when the provider is off: building one fails with a
+// clear reason instead of an unknown-action error.
+func registerKubeSpecs(reg *action.Registry) error {
+	for _, d := range kube.Definitions(nil) {
+		name := d.Spec.Name
+		err := reg.Register(action.Definition{Spec: d.Spec, New: func(action.Values) (action.Action, error) {
+			return nil, fmt.Errorf("%s: the kubernetes provider is not enabled (kubernetes.enabled: true)", name)
+		}})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }

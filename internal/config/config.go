@@ -19,6 +19,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/quell-ir/quell/internal/action/builtin"
+	"github.com/quell-ir/quell/internal/action/firewall"
 	"github.com/quell-ir/quell/internal/action/kube"
 	"github.com/quell-ir/quell/internal/enrich"
 	"github.com/quell-ir/quell/internal/intake"
@@ -48,12 +49,20 @@ type Config struct {
 	Policy    policy.Config   `yaml:"policy"`
 	// Sources configures the tool-native parsers (generic mappings,
 	// classification overrides).
-	Sources    source.Config `yaml:"sources"`
-	IntakeAuth auth.Config   `yaml:"intake_auth"`
-	Tail       []tail.Config `yaml:"tail"`
-	Enrichment enrich.Config `yaml:"enrichment"`
-	Risk       risk.Config   `yaml:"risk"`
-	Kubernetes KubeConfig    `yaml:"kubernetes"`
+	Sources    source.Config  `yaml:"sources"`
+	IntakeAuth auth.Config    `yaml:"intake_auth"`
+	Tail       []tail.Config  `yaml:"tail"`
+	Enrichment enrich.Config  `yaml:"enrichment"`
+	Risk       risk.Config    `yaml:"risk"`
+	Kubernetes KubeConfig     `yaml:"kubernetes"`
+	Firewall   FirewallConfig `yaml:"firewall"`
+}
+
+// FirewallConfig configures the nftables provider. It is connected in
+// enforce mode when enabled, or when a playbook uses a firewall action.
+type FirewallConfig struct {
+	Enabled         bool `yaml:"enabled"`
+	firewall.Config `yaml:",inline"`
 }
 
 // KubeConfig turns the Kubernetes provider on; the client is built only
@@ -117,6 +126,7 @@ func Default() Config {
 		Enrichment: enrich.DefaultConfig(),
 		Risk:       risk.DefaultConfig(),
 		Kubernetes: KubeConfig{Config: kube.DefaultConfig()},
+		Firewall:   FirewallConfig{Config: firewall.DefaultConfig()},
 	}
 	return c
 }
@@ -371,6 +381,7 @@ func (c *Config) validate() []Error {
 	}
 	prefixed("enrichment", c.Enrichment.Validate())
 	prefixed("risk", c.Risk.Validate())
+	prefixed("", c.Firewall.Config.Validate())
 	if c.Kubernetes.Enabled {
 		prefixed("", c.Kubernetes.Config.Validate())
 	}

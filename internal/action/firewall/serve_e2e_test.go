@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+
 	"github.com/quell-ir/quell/internal/testenv/netns"
 )
 
@@ -29,7 +31,14 @@ import (
 // test skips while that build does not offer firewall.block (the wiring of
 // firewall.Register into internal/app is pending). Everything the binary
 // does to nftables happens inside the namespace the test created.
-func TestQuellServeBlocksBruteForce(t *testing.T) {
+func TestQuellServeBlocksBruteForce(t *testing.T) { serveScenario(t, "enforce") }
+
+// TestQuellServeAuditModeTouchesNothing is the same scenario with quell in
+// its default audit mode: the transaction is recorded as audited, the
+// attacker still gets through, and quell never even creates its table.
+func TestQuellServeAuditModeTouchesNothing(t *testing.T) { serveScenario(t, "audit") }
+
+func serveScenario(t *testing.T, mode string) {
 	lan := netns.NewLAN(t,
 		netns.HostSpec{Name: "atk", Addrs: []netip.Prefix{netip.MustParsePrefix("10.79.0.1/24")}},
 		netns.HostSpec{Name: "mgt", Addrs: []netip.Prefix{netip.MustParsePrefix("10.79.0.2/24")}},
@@ -76,7 +85,7 @@ func TestQuellServeBlocksBruteForce(t *testing.T) {
 		offered = offered || s.Name == "firewall.block"
 	}
 	if !offered {
-		t.Skip("this quell build does not offer firewall.block yet: firewall.Register is not wired into internal/app (see the firewall report)")
+		t.Fatal("quell actions ls does not offer firewall.block")
 	}
 
 	// The victim's service.
@@ -102,7 +111,7 @@ func TestQuellServeBlocksBruteForce(t *testing.T) {
 	}
 	var logs bytes.Buffer
 	serve := exec.Command(bin, "serve", "--addr", "10.79.0.3:7070", "--data", filepath.Join(dir, "data"),
-		"--mode", "enforce", "--playbooks", pbPath)
+		"--mode", mode, "--playbooks", pbPath)
 	serve.Stdout, serve.Stderr, serve.Env = &logs, &logs, env
 	if err := vic.Start(serve); err != nil {
 		t.Fatal(err)
@@ -181,6 +190,43 @@ func TestQuellServeBlocksBruteForce(t *testing.T) {
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("POST /v1/events: %d %s", resp.StatusCode, body)
 	}
+	txns := func() []struct{ ID, Key, State string } {
+		resp, err := mc.Get("http://10.79.0.3:7070/v1/transactions?action=firewall.block")
+		if err != nil {
+			return nil
+		}
+		defer resp.Body.Close()
+		var list struct {
+			Transactions []struct{ ID, Key, State string }
+		}
+		if json.NewDecoder(resp.Body).Decode(&list) != nil {
+			return nil
+		}
+		return list.Transactions
+	}
+	if mode == "audit" {
+		await("the audited transaction", 20*time.Second, func() bool {
+			ts := txns()
+			return len(ts) == 1 && ts[0].State == "audited"
+		})
+		if err := reach(atk); err != nil {
+			t.Fatalf("audit mode blocked the attacker: %v", err)
+		}
+		conn, err := nftables.New(nftables.WithNetNSFd(vic.FD()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tables, err := conn.ListTables()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tb := range tables {
+			if tb.Name == "quell" {
+				t.Fatal("audit mode created the nftables table")
+			}
+		}
+		return
+	}
 	await("the attacker to be blocked", 20*time.Second, func() bool { return reach(atk) != nil })
 	if err := reach(mgt); err != nil {
 		// One retry: a single request may time out on a loaded machine.
@@ -197,4 +243,20 @@ func TestQuellServeBlocksBruteForce(t *testing.T) {
 	if !strings.Contains(string(body), "firewall.block/in/10.79.0.1/32") {
 		t.Fatalf("GET /v1/transactions does not list the block: %s", body)
 	}
+
+	// Revert through the API: the attacker gets through again.
+	ts := txns()
+	if len(ts) != 1 || ts[0].State != "active" {
+		t.Fatalf("transactions: %+v, want one active", ts)
+	}
+	resp, err = mc.Post("http://10.79.0.3:7070/v1/transactions/"+ts[0].ID+"/revert", "application/json", strings.NewReader(`{"by":"e2e","comment":"test over"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"state": "reverted"`) {
+		t.Fatalf("revert: %d %s", resp.StatusCode, body)
+	}
+	await("the attacker to get through after the revert", 10*time.Second, func() bool { return reach(atk) == nil })
 }

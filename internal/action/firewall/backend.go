@@ -48,10 +48,12 @@ type Backend struct {
 	mu    sync.Mutex // serializes use of nft: a lasting socket mixes replies otherwise
 	nft   *nftables.Conn
 	ct    *conntrack.Conn
+	ctMu  sync.Mutex // one conntrack dump at a time on the shared socket
 	table *nftables.Table
 	sets  map[string]*nftables.Set
 
 	batch *batcher
+	flows *flowSnapshots
 
 	getMu   sync.Mutex    // guards getConn
 	getConn *netlink.Conn // single-element lookups (getelem.go)
@@ -144,6 +146,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Backend, error) {
 		return nil, err
 	}
 	b.batch = newBatcher(b, cfg.BatchMaxElements, cfg.BatchLinger)
+	b.flows = newFlowSnapshots(b.dumpFlows, cfg.BlastRadiusSnapshotAge)
 	return b, nil
 }
 
@@ -158,6 +161,9 @@ func (b *Backend) closeFD() {
 func (b *Backend) Close() {
 	if b.batch != nil {
 		b.batch.stop()
+	}
+	if b.flows != nil {
+		b.flows.stop()
 	}
 	if b.nft != nil {
 		_ = b.nft.CloseLasting()

@@ -33,6 +33,12 @@ type Config struct {
 	// BlastRadiusMinFlows is the flow count below which the share is not
 	// meaningful (one flow out of three is 33%) and the guard passes.
 	BlastRadiusMinFlows int `yaml:"blast_radius_min_flows"`
+	// BlastRadiusSnapshotAge is how old the conntrack snapshot the guard
+	// measures may be. Dumping the table walks the kernel's whole
+	// conntrack hash (about 9 ms for 262,144 buckets), which would
+	// otherwise sit between the event and the block; a background refresh
+	// keeps a snapshot this fresh. 0 dumps on every check.
+	BlastRadiusSnapshotAge time.Duration `yaml:"blast_radius_snapshot_age"`
 	// Protected lists prefixes that may never be blocked, besides the
 	// host's own addresses and default gateways, which are always protected.
 	Protected []netip.Prefix `yaml:"protected"`
@@ -55,13 +61,14 @@ type Config struct {
 // DefaultConfig returns the defaults documented in docs/firewall.md.
 func DefaultConfig() Config {
 	return Config{
-		Table:               "quell",
-		Priority:            -10,
-		BlastRadiusMaxShare: 0.30,
-		BlastRadiusMinFlows: 20,
-		BatchMaxElements:    1024,
-		BatchLinger:         0,
-		VerifyTolerance:     2 * time.Second,
+		Table:                  "quell",
+		Priority:               -10,
+		BlastRadiusMaxShare:    0.30,
+		BlastRadiusMinFlows:    20,
+		BlastRadiusSnapshotAge: time.Second,
+		BatchMaxElements:       1024,
+		BatchLinger:            0,
+		VerifyTolerance:        2 * time.Second,
 	}
 }
 

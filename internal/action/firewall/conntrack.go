@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/ti-mo/conntrack"
 	"go.opentelemetry.io/otel/attribute"
@@ -105,7 +107,7 @@ func (s FlowShare) Share() float64 {
 func (b *Backend) measure(ctx context.Context, m flowMatcher) (FlowShare, error) {
 	_, span := b.tracer.Start(ctx, "firewall.conntrack_measure")
 	defer span.End()
-	flows, err := b.ct.Dump(nil)
+	flows, err := b.flows.get()
 	if err != nil {
 		return FlowShare{}, fmt.Errorf("dump conntrack: %w", err)
 	}
@@ -128,7 +130,7 @@ func (b *Backend) measure(ctx context.Context, m flowMatcher) (FlowShare, error)
 func (b *Backend) cut(ctx context.Context, m flowMatcher) (int, error) {
 	_, span := b.tracer.Start(ctx, "firewall.conntrack_cut")
 	defer span.End()
-	flows, err := b.ct.Dump(nil)
+	flows, err := b.dumpFlows()
 	if err != nil {
 		return 0, fmt.Errorf("dump conntrack: %w", err)
 	}
@@ -163,7 +165,7 @@ func (b *Backend) cut(ctx context.Context, m flowMatcher) (int, error) {
 func (b *Backend) remaining(ctx context.Context, m flowMatcher) (int, error) {
 	_, span := b.tracer.Start(ctx, "firewall.conntrack_remaining", trace.WithAttributes())
 	defer span.End()
-	flows, err := b.ct.Dump(nil)
+	flows, err := b.dumpFlows()
 	if err != nil {
 		return 0, fmt.Errorf("dump conntrack: %w", err)
 	}
@@ -174,4 +176,79 @@ func (b *Backend) remaining(ctx context.Context, m flowMatcher) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// dumpFlows reads the whole conntrack table. Dumps are serialized: the
+// background snapshot and the post-check share one netlink socket.
+func (b *Backend) dumpFlows() ([]conntrack.Flow, error) {
+	b.ctMu.Lock()
+	defer b.ctMu.Unlock()
+	return b.ct.Dump(nil)
+}
+
+// flowSnapshots keeps a recent conntrack dump for the blast-radius guard,
+// refreshed in the background, so that measuring a block's share of
+// flows does not wait for a walk of the kernel's table.
+type flowSnapshots struct {
+	dump   func() ([]conntrack.Flow, error)
+	maxAge time.Duration
+
+	mu    sync.Mutex
+	flows []conntrack.Flow
+	at    time.Time
+	done  chan struct{}
+	wg    sync.WaitGroup
+}
+
+func newFlowSnapshots(dump func() ([]conntrack.Flow, error), maxAge time.Duration) *flowSnapshots {
+	s := &flowSnapshots{dump: dump, maxAge: maxAge, done: make(chan struct{})}
+	if maxAge > 0 {
+		s.wg.Add(1)
+		go s.refresh()
+	}
+	return s
+}
+
+func (s *flowSnapshots) refresh() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.maxAge / 2)
+	defer t.Stop()
+	for {
+		if flows, err := s.dump(); err == nil {
+			s.mu.Lock()
+			s.flows, s.at = flows, time.Now()
+			s.mu.Unlock()
+		}
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// get returns a snapshot no older than maxAge, dumping afresh when the
+// background one is stale (or snapshots are off).
+func (s *flowSnapshots) get() ([]conntrack.Flow, error) {
+	if s.maxAge > 0 {
+		s.mu.Lock()
+		flows, at := s.flows, s.at
+		s.mu.Unlock()
+		if !at.IsZero() && time.Since(at) <= s.maxAge {
+			return flows, nil
+		}
+	}
+	flows, err := s.dump()
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.flows, s.at = flows, time.Now()
+	s.mu.Unlock()
+	return flows, nil
+}
+
+func (s *flowSnapshots) stop() {
+	close(s.done)
+	s.wg.Wait()
 }

@@ -433,7 +433,9 @@ func TestProtectedAddressesAreDenied(t *testing.T) {
 }
 
 func TestBlastRadius(t *testing.T) {
-	l := newLab(t, func(c *Config) { c.BlastRadiusMinFlows = 10 })
+	// Snapshots off: the flows are made an instant before the check, and a
+	// snapshot up to a second old would not hold them yet.
+	l := newLab(t, func(c *Config) { c.BlastRadiusMinFlows = 10; c.BlastRadiusSnapshotAge = 0 })
 	ctx := context.Background()
 	hold := func(h *netns.Host, n int) {
 		for range n {

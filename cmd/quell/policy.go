@@ -124,7 +124,6 @@ func newCheckCmd() *cobra.Command {
 				return err
 			}
 			if n > 0 {
-				fmt.Fprintf(cmd.ErrOrStderr(), "%d violation(s)\n", n)
 				return exitError{code: 1}
 			}
 			return nil

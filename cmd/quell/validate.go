@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -18,7 +19,7 @@ func newValidateCmd() *cobra.Command {
 		Use:   "validate",
 		Short: "Check a configuration file (and the playbooks it names) without starting",
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := config.Load(cfgPath, nil)
+			cfg, err := config.Load(cfgPath, os.Environ())
 			out := cmd.OutOrStdout()
 			var ces config.Errors
 			if errors.As(err, &ces) {

@@ -14,6 +14,8 @@ import (
 
 	"github.com/quell-ir/quell/internal/app"
 	"github.com/quell-ir/quell/internal/config"
+	"github.com/quell-ir/quell/internal/server"
+	"github.com/quell-ir/quell/internal/source/auth"
 	"github.com/quell-ir/quell/internal/txn"
 )
 
@@ -187,5 +189,66 @@ spec:
 		if !strings.Contains(string(b), m) {
 			t.Errorf("metrics lack %s", m)
 		}
+	}
+}
+
+func TestAPIAuthentication(t *testing.T) {
+	t.Setenv("QUELL_TEST_TOKEN_OPS", "ops-token-0123456789")
+	_, srv := newAPI(t, func(c *config.Config) {
+		c.Server.Auth.Tokens = []server.APIToken{
+			{Name: "reader", Token: auth.SecretRef{Value: "reader-token-0123456789"}, Roles: []string{server.RoleRead}},
+			{Name: "ops", Token: auth.SecretRef{Env: "QUELL_TEST_TOKEN_OPS"}, Roles: []string{server.RoleRead, server.RoleWrite, server.RoleApprove}},
+		}
+	})
+	call := func(method, path, token, body string) (int, map[string]any) {
+		req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m map[string]any
+		json.NewDecoder(resp.Body).Decode(&m)
+		return resp.StatusCode, m
+	}
+	ev := `{"source":"t","rule":"x"}`
+	cases := []struct {
+		name, method, path, token, body string
+		code                            int
+	}{
+		{"no token", "GET", "/v1/events", "", "", 401},
+		{"wrong token", "GET", "/v1/events", "nope-nope-nope-nope", "", 401},
+		{"reader reads", "GET", "/v1/events", "reader-token-0123456789", "", 200},
+		{"reader cannot write", "POST", "/v1/events", "reader-token-0123456789", ev, 403},
+		{"ops writes", "POST", "/v1/events", "ops-token-0123456789", ev, 202},
+		{"reader cannot approve", "POST", "/v1/transactions/x/approve", "reader-token-0123456789", `{}`, 403},
+		{"ops cannot approve as someone else", "POST", "/v1/transactions/x/approve", "ops-token-0123456789", `{"by":"alice"}`, 403},
+		{"ops approves as itself", "POST", "/v1/transactions/x/approve", "ops-token-0123456789", `{}`, 404},
+		{"health is open", "GET", "/healthz", "", "", 200},
+		{"unknown route is JSON", "GET", "/v2/nothing", "", "", 404},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			code, m := call(tc.method, tc.path, tc.token, tc.body)
+			if code != tc.code {
+				t.Fatalf("status %d (%v), want %d", code, m, tc.code)
+			}
+			if code >= 400 && m["error"] == nil {
+				t.Fatalf("error answer is not the JSON error format: %v", m)
+			}
+		})
+	}
+}
+
+func TestNonLoopbackNeedsTokens(t *testing.T) {
+	_, err := config.Load("", []string{"QUELL_SERVER_ADDR=0.0.0.0:8080"})
+	if err == nil || !strings.Contains(err.Error(), "server.addr") {
+		t.Fatalf("got %v, want a server.addr error", err)
+	}
+	if _, err := config.Load("", []string{"QUELL_SERVER_ADDR=0.0.0.0:8080", "QUELL_SERVER_AUTH_ALLOW_OPEN=true"}); err != nil {
+		t.Fatal(err)
 	}
 }

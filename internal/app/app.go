@@ -173,15 +173,19 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		Logger: a.log.With("component", "pipeline"), Registerer: a.Metrics,
 	})
 	a.Committer = intake.NewCommitter(cfg.Intake, st, a.Pipeline.Enqueue, a.Metrics, a.log.With("component", "intake"))
-	a.handler = server.New(server.Deps{
+	a.handler, err = server.New(server.Deps{
 		Intake: a.Committer, Engine: eng, Store: st, Registry: a.Registry, Sources: sourcesAdapter{srcs, chk},
 		Gatherer: a.Metrics, Metrics: a.Metrics, Logger: a.log.With("component", "http"),
-		MaxBody: cfg.Intake.MaxBodyBytes, Version: Version,
+		MaxBody: cfg.Intake.MaxBodyBytes, Version: Version, Auth: cfg.Server.Auth,
 		Ready: func(ctx context.Context) error {
 			_, err := st.CountEvents(ctx)
 			return err
 		},
 	})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("api: %w", err)
+	}
 	return a, nil
 }
 

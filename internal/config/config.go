@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"reflect"
 	"sort"
 	"strconv"
@@ -26,6 +27,7 @@ import (
 	"github.com/quell-ir/quell/internal/pipeline"
 	"github.com/quell-ir/quell/internal/policy"
 	"github.com/quell-ir/quell/internal/risk"
+	"github.com/quell-ir/quell/internal/server"
 	"github.com/quell-ir/quell/internal/source"
 	"github.com/quell-ir/quell/internal/source/auth"
 	"github.com/quell-ir/quell/internal/source/tail"
@@ -44,7 +46,6 @@ type Config struct {
 	Engine    txn.Config      `yaml:"engine"`
 	Protected Protected       `yaml:"protected"`
 	Playbooks []string        `yaml:"playbooks"`
-	Tracing   Tracing         `yaml:"tracing"`
 	Actions   builtin.Config  `yaml:"actions"`
 	Policy    policy.Config   `yaml:"policy"`
 	// Sources configures the tool-native parsers (generic mappings,
@@ -74,10 +75,11 @@ type KubeConfig struct {
 
 // Server is the HTTP listener.
 type Server struct {
-	Addr            string        `yaml:"addr"`
-	ReadTimeout     time.Duration `yaml:"read_timeout"`
-	WriteTimeout    time.Duration `yaml:"write_timeout"`
-	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	Addr            string            `yaml:"addr"`
+	ReadTimeout     time.Duration     `yaml:"read_timeout"`
+	WriteTimeout    time.Duration     `yaml:"write_timeout"`
+	ShutdownTimeout time.Duration     `yaml:"shutdown_timeout"`
+	Auth            server.AuthConfig `yaml:"auth"`
 }
 
 // Log configures structured logging.
@@ -101,24 +103,15 @@ type ProtectedName struct {
 	Value string `yaml:"value"`
 }
 
-// Tracing configures OpenTelemetry export.
-type Tracing struct {
-	// OTLPEndpoint, when set, exports traces over OTLP/HTTP (host:port).
-	OTLPEndpoint string  `yaml:"otlp_endpoint"`
-	SampleRatio  float64 `yaml:"sample_ratio"`
-}
-
 // Default returns the zero-config defaults.
 func Default() Config {
 	c := Config{
 		Server:     Server{Addr: "127.0.0.1:8080", ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second, ShutdownTimeout: 30 * time.Second},
 		DataDir:    "./quell-data",
-		Mode:       txn.ModeAudit,
 		Log:        Log{Level: "info", Format: "json"},
 		Intake:     intake.Config{}.WithDefaults(),
 		Pipeline:   pipeline.Config{}.WithDefaults(),
 		Engine:     txn.Config{}.WithDefaults(),
-		Tracing:    Tracing{SampleRatio: 1},
 		Actions:    builtin.DefaultConfig(),
 		Policy:     policy.DefaultConfig(),
 		Sources:    source.DefaultConfig(),
@@ -146,6 +139,9 @@ func (e Error) Error() string {
 	}
 	if e.Line > 0 {
 		loc += ":" + strconv.Itoa(e.Line)
+	}
+	if e.Field == "" {
+		return fmt.Sprintf("%s: %s", loc, e.Reason)
 	}
 	return fmt.Sprintf("%s: %s: %s", loc, e.Field, e.Reason)
 }
@@ -188,12 +184,22 @@ func Load(path string, env []string) (Config, error) {
 	for _, fe := range applyEnv(&c, env) {
 		errs = append(errs, fe)
 	}
-	// The top-level mode is the one users know; it drives the engine (an
-	// invalid one is reported once, as mode).
-	if c.Mode == txn.ModeAudit || c.Mode == txn.ModeEnforce {
+	// The top-level mode is the one users know; when set it drives the
+	// engine (an invalid one is reported once, as mode). Unset, it is the
+	// engine's, whose default is audit.
+	switch {
+	case c.Mode == "":
+		c.Mode = c.Engine.Mode
+	case c.Mode == txn.ModeAudit || c.Mode == txn.ModeEnforce:
 		c.Engine.Mode = c.Mode
-	} else {
+	default:
 		c.Engine.Mode = ""
+	}
+	// Tail offsets live in the data directory unless placed elsewhere.
+	for i := range c.Tail {
+		if c.Tail[i].StateDir == "" {
+			c.Tail[i].StateDir = filepath.Join(c.DataDir, "tail")
+		}
 	}
 	for _, fe := range c.validate() {
 		fe.File = path
@@ -339,6 +345,14 @@ func (c *Config) validate() []Error {
 	if _, _, err := net.SplitHostPort(c.Server.Addr); err != nil {
 		add("server.addr", fmt.Sprintf("not host:port: %v", err))
 	}
+	if err := c.Server.Auth.Validate(); err != nil {
+		field, reason, _ := strings.Cut(err.Error(), ": ")
+		add("server.auth."+field, reason)
+	}
+	if ap, err := netip.ParseAddrPort(c.Server.Addr); len(c.Server.Auth.Tokens) == 0 && !c.Server.Auth.AllowOpen &&
+		(err != nil || !ap.Addr().IsLoopback()) && !strings.HasPrefix(c.Server.Addr, "localhost:") {
+		add("server.addr", fmt.Sprintf("%s is not a loopback address: the API needs server.auth.tokens there (or server.auth.allow_open: true)", c.Server.Addr))
+	}
 	if c.DataDir == "" {
 		add("data_dir", "required")
 	}
@@ -363,7 +377,8 @@ func (c *Config) validate() []Error {
 			msg = strings.TrimPrefix(msg, "builtin actions: ")
 			field, reason, ok := strings.Cut(msg, ": ")
 			if !ok || strings.Contains(field, " ") {
-				add(prefix, msg)
+				// No single field to name: the message names them.
+				add(strings.TrimSuffix(prefix, "."), msg)
 				continue
 			}
 			add(join(prefix, field), reason)
@@ -396,9 +411,6 @@ func (c *Config) validate() []Error {
 		if n.Kind == "" || n.Value == "" {
 			add(fmt.Sprintf("protected.names[%d]", i), "kind and value are required")
 		}
-	}
-	if c.Tracing.SampleRatio < 0 || c.Tracing.SampleRatio > 1 {
-		add("tracing.sample_ratio", "must be between 0 and 1")
 	}
 	return errs
 }

@@ -82,3 +82,17 @@ func TestEnvironmentOverrides(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+func TestEngineModeIsHonoured(t *testing.T) {
+	c, err := Load(write(t, "engine:\n  mode: enforce\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Mode != txn.ModeEnforce || c.Engine.Mode != txn.ModeEnforce {
+		t.Fatalf("engine.mode ignored: mode %q engine.mode %q", c.Mode, c.Engine.Mode)
+	}
+	c, err = Load(write(t, "mode: audit\nengine:\n  mode: enforce\n"), nil)
+	if err != nil || c.Engine.Mode != txn.ModeAudit {
+		t.Fatalf("top-level mode must win: %q %v", c.Engine.Mode, err)
+	}
+}

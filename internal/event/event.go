@@ -355,6 +355,13 @@ func (e *Event) AsMap() map[string]any {
 	b, _ := json.Marshal(&c)
 	var m map[string]any
 	_ = json.Unmarshal(b, &m)
+	// Expressions test scalar fields without has(): a missing type is "",
+	// not an error.
+	for _, k := range []string{"type", "rule", "message", "priority", "severity", "status"} {
+		if _, ok := m[k]; !ok {
+			m[k] = ""
+		}
+	}
 	if len(e.Raw) > 0 {
 		var raw any
 		if json.Unmarshal(e.Raw, &raw) == nil {

@@ -86,11 +86,13 @@ type Deps struct {
 	Ready    func(ctx context.Context) error
 	MaxBody  int64
 	Version  string
+	Auth     AuthConfig
 }
 
 // Server is the HTTP API.
 type Server struct {
 	d       Deps
+	auth    *authenticator
 	log     *slog.Logger
 	tracer  trace.Tracer
 	mux     *http.ServeMux
@@ -99,7 +101,7 @@ type Server struct {
 }
 
 // New builds the server's handler.
-func New(d Deps) *Server {
+func New(d Deps) (*Server, error) {
 	if d.Logger == nil {
 		d.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -110,7 +112,11 @@ func New(d Deps) *Server {
 	if tp == nil {
 		tp = noop.NewTracerProvider()
 	}
-	s := &Server{d: d, log: d.Logger, tracer: tp.Tracer("github.com/quell-ir/quell/internal/server"), mux: http.NewServeMux()}
+	au, err := newAuthenticator(d.Auth)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{d: d, auth: au, log: d.Logger, tracer: tp.Tracer("github.com/quell-ir/quell/internal/server"), mux: http.NewServeMux()}
 	s.reqs = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "quell_http_request_duration_seconds", Help: "HTTP API latency by route and status code.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
@@ -121,20 +127,46 @@ func New(d Deps) *Server {
 	if d.Metrics != nil {
 		d.Metrics.MustRegister(s.reqs, s.rejects)
 	}
-	s.route("POST /v1/events", s.postEvents)
-	s.route("GET /v1/events", s.listEvents)
-	s.route("GET /v1/events/{id}", s.getEvent)
-	s.route("POST /v1/sources/{name}", s.postSource)
-	s.route("GET /v1/transactions", s.listTxns)
-	s.route("GET /v1/transactions/{id}", s.getTxn)
-	s.route("POST /v1/transactions/{id}/{op}", s.txnOp)
-	s.route("GET /v1/actions", s.listActions)
-	s.route("GET /healthz", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
-	s.route("GET /readyz", s.ready)
+	s.route("POST /v1/events", RoleWrite, s.postEvents)
+	s.route("GET /v1/events", RoleRead, s.listEvents)
+	s.route("GET /v1/events/{id}", RoleRead, s.getEvent)
+	s.route("POST /v1/sources/{name}", "", s.postSource) // per-source authentication
+	s.route("GET /v1/transactions", RoleRead, s.listTxns)
+	s.route("GET /v1/transactions/{id}", RoleRead, s.getTxn)
+	s.route("POST /v1/transactions/{id}/{op}", "", s.txnOp) // role depends on op
+	s.route("GET /v1/actions", RoleRead, s.listActions)
+	s.route("GET /healthz", "", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
+	s.route("GET /readyz", "", s.ready)
+	s.route("/", "", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, 404, "path", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
+	})
 	if d.Gatherer != nil {
 		s.mux.Handle("GET /metrics", promhttp.HandlerFor(d.Gatherer, promhttp.HandlerOpts{}))
 	}
-	return s
+	return s, nil
+}
+
+type callerKey struct{}
+
+// caller is the authenticated identity of the request ("" without tokens).
+func caller(r *http.Request) string {
+	c, _ := r.Context().Value(callerKey{}).(string)
+	return c
+}
+
+// authorize checks the bearer token for role and answers 401/403 itself.
+func (s *Server) authorize(w http.ResponseWriter, r *http.Request, role string) (*http.Request, bool) {
+	who, err := s.auth.check(r, role)
+	switch {
+	case errors.Is(err, errUnauthenticated):
+		w.Header().Set("WWW-Authenticate", `Bearer realm="quell"`)
+		writeError(w, 401, "authorization", err.Error())
+		return r, false
+	case err != nil:
+		writeError(w, 403, "authorization", err.Error())
+		return r, false
+	}
+	return r.WithContext(context.WithValue(r.Context(), callerKey{}, who)), true
 }
 
 // ServeHTTP implements http.Handler.
@@ -147,7 +179,7 @@ type statusWriter struct {
 
 func (w *statusWriter) WriteHeader(c int) { w.code = c; w.ResponseWriter.WriteHeader(c) }
 
-func (s *Server) route(pattern string, h http.HandlerFunc) {
+func (s *Server) route(pattern, role string, h http.HandlerFunc) {
 	name := pattern
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -168,7 +200,14 @@ func (s *Server) route(pattern string, h http.HandlerFunc) {
 			s.log.LogAttrs(ctx, lvl, "http request", slog.String("route", name), slog.Int("status", sw.code),
 				slog.Duration("duration", time.Since(start)), slog.String("trace_id", span.SpanContext().TraceID().String()))
 		}()
-		h(sw, r.WithContext(ctx))
+		r = r.WithContext(ctx)
+		if role != "" {
+			var ok bool
+			if r, ok = s.authorize(sw, r, role); !ok {
+				return
+			}
+		}
+		h(sw, r)
 	})
 }
 
@@ -433,15 +472,20 @@ type HumanRequest struct {
 func (s *Server) txnOp(w http.ResponseWriter, r *http.Request) {
 	id, op := r.PathValue("id"), r.PathValue("op")
 	var f func(context.Context, string, string, string) (*txn.Transaction, error)
+	role := RoleApprove
 	switch op {
 	case "approve":
 		f = s.d.Engine.Approve
 	case "reject":
 		f = s.d.Engine.Reject
 	case "revert":
-		f = s.d.Engine.Revert
+		f, role = s.d.Engine.Revert, RoleWrite
 	default:
 		writeError(w, 404, "op", fmt.Sprintf("unknown operation %q: approve, reject or revert", op))
+		return
+	}
+	r, ok := s.authorize(w, r, role)
+	if !ok {
 		return
 	}
 	body, err := readLimited(w, r, 64<<10)
@@ -457,6 +501,15 @@ func (s *Server) txnOp(w http.ResponseWriter, r *http.Request) {
 			writeErr(w, jsonFieldError(err, ""))
 			return
 		}
+	}
+	if who := caller(r); who != "" {
+		// With tokens, the token is the identity: nobody approves as
+		// someone else.
+		if req.By != "" && req.By != who {
+			writeError(w, 403, "by", fmt.Sprintf("the token belongs to %s, not %s", who, req.By))
+			return
+		}
+		req.By = who
 	}
 	if req.By == "" {
 		req.By = r.Header.Get("X-Quell-User")

@@ -320,3 +320,9 @@ func sortedKeys(m map[string]SourceAuth) []string {
 	sort.Strings(out)
 	return out
 }
+
+// Validate checks that exactly one of value, env and file is set.
+func (r SecretRef) Validate() error { return r.validate() }
+
+// Resolve reads the secret from wherever it is kept.
+func (r SecretRef) Resolve() ([]byte, error) { return r.resolve() }

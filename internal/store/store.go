@@ -1,6 +1,6 @@
 // Package store is quell's system of record: events with their context,
 // transactions with their journal. The embedded backend is SQLite (package
-// store/sqlite); every backend passes the shared suite in store/storetest.
+// store/sqlite). Cluster mode (PostgreSQL) is not built yet.
 package store
 
 import (

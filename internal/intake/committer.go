@@ -5,6 +5,7 @@ package intake
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +21,13 @@ import (
 // Appender is the storage the committer needs.
 type Appender interface {
 	AppendEvents(ctx context.Context, evs []*event.Event, dedupWindow time.Duration) ([]store.AppendResult, error)
+}
+
+// EncodedAppender is an Appender that accepts each event's JSON document
+// already encoded (docs[i] is json.Marshal(evs[i])), so that encoding runs on
+// the requests' goroutines, in parallel, and not on the single writer.
+type EncodedAppender interface {
+	AppendEncodedEvents(ctx context.Context, evs []*event.Event, docs [][]byte, dedupWindow time.Duration) ([]store.AppendResult, error)
 }
 
 // Sink receives events after they are durable (created or updated ones).
@@ -65,6 +73,7 @@ func (c Config) Validate() error {
 
 type request struct {
 	evs   []*event.Event
+	docs  [][]byte // encoded evs, when the store takes them
 	reply chan reply
 }
 
@@ -154,6 +163,16 @@ func (c *Committer) Append(ctx context.Context, evs []*event.Event) ([]store.App
 		return nil, nil
 	}
 	r := request{evs: evs, reply: make(chan reply, 1)}
+	if _, ok := c.store.(EncodedAppender); ok {
+		r.docs = make([][]byte, len(evs))
+		for i, e := range evs {
+			doc, err := json.Marshal(e)
+			if err != nil {
+				return nil, fmt.Errorf("encode event %s: %w", e.ID, err)
+			}
+			r.docs[i] = doc
+		}
+	}
 	c.m.queue.Inc()
 	select {
 	case c.in <- r:
@@ -206,12 +225,24 @@ func (c *Committer) commit(first request) {
 		break
 	}
 	all := make([]*event.Event, 0, n)
+	var docs [][]byte
+	ea, encoded := c.store.(EncodedAppender)
+	if encoded {
+		docs = make([][]byte, 0, n)
+	}
 	for _, r := range reqs {
 		all = append(all, r.evs...)
+		docs = append(docs, r.docs...)
 	}
 	start := time.Now()
 	// The commit must complete even during shutdown: callers are waiting.
-	res, err := c.store.AppendEvents(context.Background(), all, c.cfg.DedupWindow)
+	var res []store.AppendResult
+	var err error
+	if encoded {
+		res, err = ea.AppendEncodedEvents(context.Background(), all, docs, c.cfg.DedupWindow)
+	} else {
+		res, err = c.store.AppendEvents(context.Background(), all, c.cfg.DedupWindow)
+	}
 	c.m.commit.Observe(time.Since(start).Seconds())
 	c.m.batch.Observe(float64(len(all)))
 	if err != nil {

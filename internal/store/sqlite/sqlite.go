@@ -30,6 +30,10 @@ type Store struct {
 	closed chan struct{}
 	wg     sync.WaitGroup
 	once   sync.Once
+
+	cmu       sync.Mutex    // guards the completions below
+	cpending  []*completion // waiting for the next completion batch
+	cflushing bool          // a flushCompletions goroutine is running
 }
 
 // wtx is a write transaction whose statements are prepared once on the
@@ -68,8 +72,8 @@ const (
 	qSavepoint      = `SAVEPOINT op`
 	qRollbackTo     = `ROLLBACK TO op`
 	qRelease        = `RELEASE op`
-	qEventCountByID = `SELECT count, json_extract(doc, '$.status') FROM events WHERE id = ?`
-	qEventByFP      = `SELECT id FROM events WHERE fingerprint = ? AND received_at >= ? LIMIT 1`
+	qEventsByIDs    = `SELECT e.id, e.count, json_extract(e.doc, '$.status') FROM json_each(?) AS k JOIN events AS e ON e.id = k.value`
+	qEventsByFPs    = `SELECT e.fingerprint, e.id, e.received_at FROM json_each(?) AS k JOIN events AS e ON e.fingerprint = k.value AND e.received_at >= ? ORDER BY e.received_at, e.seq`
 	qInsertEvent    = `INSERT INTO events(id, source, type, time, received_at, fingerprint, count, doc) VALUES (?,?,?,?,?,?,?,?)`
 	qUpdateEventDoc = `UPDATE events SET count = ?, doc = ?, processed_at = NULL WHERE id = ?`
 	qCompleteEvent  = `UPDATE events SET context = ?, processed_at = ? WHERE id = ?`
@@ -80,7 +84,7 @@ const (
 )
 
 func (s *Store) prepare(ctx context.Context) error {
-	for _, q := range []string{qSavepoint, qRollbackTo, qRelease, qEventCountByID, qEventByFP, qInsertEvent, qUpdateEventDoc,
+	for _, q := range []string{qSavepoint, qRollbackTo, qRelease, qEventsByIDs, qEventsByFPs, qInsertEvent, qUpdateEventDoc,
 		qCompleteEvent, qTxnByOriginKey, qInsertTxn, qInsertJournal, qUpdateTxn} {
 		st, err := s.w.PrepareContext(ctx, q)
 		if err != nil {
@@ -151,9 +155,12 @@ func (s *Store) Close() error {
 }
 
 // write runs fn inside a write transaction shared with other concurrent
-// writes: one commit, one fsync for the whole group. Each operation runs
-// under its own savepoint, so one failing operation does not undo the
-// others. write returns when the group is durable.
+// writes: one commit, one fsync for the whole group. One failing operation
+// does not undo the others: the group is then rolled back and run again with
+// each operation under its own savepoint. So fn may run more than once and
+// must be re-runnable: it may only set its results from what it reads in tx
+// (every run starts from the same database state). write returns when the
+// group is durable.
 func (s *Store) write(ctx context.Context, fn func(ctx context.Context, tx *wtx) error) error {
 	op := writeOp{ctx: ctx, fn: fn, done: make(chan error, 1)}
 	select {
@@ -198,6 +205,52 @@ func (s *Store) writer() {
 }
 
 func (s *Store) commitGroup(group []writeOp) {
+	// Most groups fail nowhere: run them without per-operation savepoints
+	// (a savepoint makes SQLite copy every page it touches to a
+	// sub-journal first). If an operation fails, the whole transaction is
+	// rolled back and the group runs again, each operation isolated in its
+	// own savepoint, so that only the failing one fails.
+	if len(group) > 1 {
+		if s.commitOptimistic(group) {
+			return
+		}
+	}
+	s.commitIsolated(group)
+}
+
+// commitOptimistic runs the group in one transaction without savepoints.
+// It returns false, having rolled back and answered nobody, if an
+// operation failed or the transaction could not start; then the group must
+// run again through commitIsolated.
+func (s *Store) commitOptimistic(group []writeOp) bool {
+	ctx := context.Background()
+	stx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return false
+	}
+	tx := &wtx{Tx: stx, s: s}
+	for _, op := range group {
+		if err := op.fn(op.ctx, tx); err != nil {
+			tx.Rollback()
+			return false
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		// The outcome of a failed COMMIT is reported to every operation,
+		// as before: do not run them again.
+		err = fmt.Errorf("commit: %w", err)
+		for _, op := range group {
+			op.done <- err
+		}
+		return true
+	}
+	for _, op := range group {
+		op.done <- nil
+	}
+	return true
+}
+
+func (s *Store) commitIsolated(group []writeOp) {
 	ctx := context.Background()
 	fail := func(err error) {
 		for _, op := range group {
@@ -334,10 +387,54 @@ func nanos(t time.Time) int64 { return t.UnixNano() }
 
 // AppendEvents writes the batch in one transaction: one fsync for all.
 func (s *Store) AppendEvents(ctx context.Context, evs []*event.Event, window time.Duration) ([]store.AppendResult, error) {
+	docs := make([][]byte, len(evs))
+	for i, e := range evs {
+		doc, err := json.Marshal(e)
+		if err != nil {
+			return nil, fmt.Errorf("append event %s: encode: %w", e.ID, err)
+		}
+		docs[i] = doc
+	}
+	return s.AppendEncodedEvents(ctx, evs, docs, window)
+}
+
+// AppendEncodedEvents is AppendEvents for callers that already encoded each
+// event's document (docs[i] is json.Marshal(evs[i])): the encoding then runs
+// on the callers' goroutines, not on the single writer.
+func (s *Store) AppendEncodedEvents(ctx context.Context, evs []*event.Event, docs [][]byte, window time.Duration) ([]store.AppendResult, error) {
+	if len(docs) != len(evs) {
+		return nil, fmt.Errorf("append events: %d documents for %d events", len(docs), len(evs))
+	}
+	// The lookup keys are encoded here too, off the writer.
+	ids := make([]string, 0, len(evs))
+	fps := make([]string, 0, len(evs))
+	uniq := make(map[string]struct{}, 2*len(evs))
+	var since int64
+	for i, e := range evs {
+		if _, ok := uniq["i"+e.ID]; !ok {
+			uniq["i"+e.ID] = struct{}{}
+			ids = append(ids, e.ID)
+		}
+		if _, ok := uniq["f"+e.Fingerprint]; !ok {
+			uniq["f"+e.Fingerprint] = struct{}{}
+			fps = append(fps, e.Fingerprint)
+		}
+		if b := nanos(e.ReceivedAt.Add(-window)); i == 0 || b < since {
+			since = b
+		}
+	}
+	idKeys, err := json.Marshal(ids)
+	if err != nil {
+		return nil, fmt.Errorf("append events: encode ids: %w", err)
+	}
+	fpKeys, err := json.Marshal(fps)
+	if err != nil {
+		return nil, fmt.Errorf("append events: encode fingerprints: %w", err)
+	}
 	var out []store.AppendResult
-	err := s.write(ctx, func(ctx context.Context, tx *wtx) error {
+	err = s.write(ctx, func(ctx context.Context, tx *wtx) error {
 		var err error
-		out, err = appendEvents(ctx, tx, evs, window)
+		out, err = appendEvents(ctx, tx, evs, docs, idKeys, fpKeys, since, window)
 		return err
 	})
 	if err != nil {
@@ -346,12 +443,22 @@ func (s *Store) AppendEvents(ctx context.Context, evs []*event.Event, window tim
 	return out, nil
 }
 
-func appendEvents(ctx context.Context, tx *wtx, evs []*event.Event, window time.Duration) ([]store.AppendResult, error) {
-	byID, err := tx.stmt(ctx, qEventCountByID)
-	if err != nil {
-		return nil, fmt.Errorf("append events: %w", err)
-	}
-	byFP, err := tx.stmt(ctx, qEventByFP)
+type storedID struct {
+	count  int
+	status string
+}
+
+type storedFP struct {
+	id       string
+	received int64
+}
+
+// appendEvents looks up every id and fingerprint of the batch with two
+// queries, then decides each event in batch order against what is stored
+// plus what the batch itself wrote before it: the outcome is the one a
+// lookup per event would give.
+func appendEvents(ctx context.Context, tx *wtx, evs []*event.Event, docs [][]byte, idKeys, fpKeys []byte, since int64, window time.Duration) ([]store.AppendResult, error) {
+	byIDs, err := tx.stmt(ctx, qEventsByIDs)
 	if err != nil {
 		return nil, fmt.Errorf("append events: %w", err)
 	}
@@ -363,48 +470,93 @@ func appendEvents(ctx context.Context, tx *wtx, evs []*event.Event, window time.
 	if err != nil {
 		return nil, fmt.Errorf("append events: %w", err)
 	}
+	known := map[string]storedID{}
+	rows, err := byIDs.QueryContext(ctx, string(idKeys))
+	if err != nil {
+		return nil, fmt.Errorf("append events: look up ids: %w", err)
+	}
+	for rows.Next() {
+		var id string
+		var count int
+		var status sql.NullString
+		if err := rows.Scan(&id, &count, &status); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("append events: look up ids: %w", err)
+		}
+		known[id] = storedID{count: count, status: status.String}
+	}
+	if err := rows.Close(); err != nil {
+		return nil, fmt.Errorf("append events: look up ids: %w", err)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("append events: look up ids: %w", err)
+	}
+	// Fingerprints seen inside the widest window of the batch, oldest
+	// first (the order of the fingerprint index).
+	seen := map[string][]storedFP{}
+	if window > 0 {
+		byFPs, err := tx.stmt(ctx, qEventsByFPs)
+		if err != nil {
+			return nil, fmt.Errorf("append events: %w", err)
+		}
+		rows, err := byFPs.QueryContext(ctx, string(fpKeys), since)
+		if err != nil {
+			return nil, fmt.Errorf("append events: look up fingerprints: %w", err)
+		}
+		for rows.Next() {
+			var fp, id string
+			var received int64
+			if err := rows.Scan(&fp, &id, &received); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("append events: look up fingerprints: %w", err)
+			}
+			seen[fp] = append(seen[fp], storedFP{id: id, received: received})
+		}
+		if err := rows.Close(); err != nil {
+			return nil, fmt.Errorf("append events: look up fingerprints: %w", err)
+		}
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("append events: look up fingerprints: %w", err)
+		}
+	}
 
 	out := make([]store.AppendResult, len(evs))
 	for i, e := range evs {
-		var count int
-		var status sql.NullString
-		err := byID.QueryRowContext(ctx, e.ID).Scan(&count, &status)
-		switch {
-		case err == nil:
+		if st, ok := known[e.ID]; ok {
 			// An update is news: a higher count (GuardDuty re-sends a
 			// finding), or the resolution of an open event (Alertmanager).
-			if e.Count > count || (e.Status == event.StatusResolved && status.String != event.StatusResolved) {
-				doc, err := json.Marshal(e)
-				if err != nil {
-					return nil, fmt.Errorf("append event %s: encode: %w", e.ID, err)
-				}
-				if _, err := upd.ExecContext(ctx, e.Count, doc, e.ID); err != nil {
+			if e.Count > st.count || (e.Status == event.StatusResolved && st.status != event.StatusResolved) {
+				if _, err := upd.ExecContext(ctx, e.Count, docs[i], e.ID); err != nil {
 					return nil, fmt.Errorf("append event %s: update: %w", e.ID, err)
 				}
+				known[e.ID] = storedID{count: e.Count, status: e.Status}
 				out[i] = store.AppendResult{ID: e.ID, Outcome: store.Updated}
 			} else {
 				out[i] = store.AppendResult{ID: e.ID, Outcome: store.Duplicate}
 			}
 			continue
-		case !errors.Is(err, sql.ErrNoRows):
-			return nil, fmt.Errorf("append event %s: look up id: %w", e.ID, err)
 		}
+		received := nanos(e.ReceivedAt)
 		if window > 0 {
-			var id string
-			err := byFP.QueryRowContext(ctx, e.Fingerprint, nanos(e.ReceivedAt.Add(-window))).Scan(&id)
-			if err == nil {
-				out[i] = store.AppendResult{ID: id, Outcome: store.Duplicate}
+			bound := nanos(e.ReceivedAt.Add(-window))
+			dup := ""
+			var best int64
+			for _, f := range seen[e.Fingerprint] {
+				if f.received >= bound && (dup == "" || f.received < best) {
+					dup, best = f.id, f.received
+				}
+			}
+			if dup != "" {
+				out[i] = store.AppendResult{ID: dup, Outcome: store.Duplicate}
 				continue
-			} else if !errors.Is(err, sql.ErrNoRows) {
-				return nil, fmt.Errorf("append event %s: look up fingerprint: %w", e.ID, err)
 			}
 		}
-		doc, err := json.Marshal(e)
-		if err != nil {
-			return nil, fmt.Errorf("append event %s: encode: %w", e.ID, err)
-		}
-		if _, err := ins.ExecContext(ctx, e.ID, e.Source, e.Type, nanos(e.Time), nanos(e.ReceivedAt), e.Fingerprint, e.Count, doc); err != nil {
+		if _, err := ins.ExecContext(ctx, e.ID, e.Source, e.Type, nanos(e.Time), received, e.Fingerprint, e.Count, docs[i]); err != nil {
 			return nil, fmt.Errorf("append event %s: insert: %w", e.ID, err)
+		}
+		known[e.ID] = storedID{count: e.Count, status: e.Status}
+		if window > 0 {
+			seen[e.Fingerprint] = append(seen[e.Fingerprint], storedFP{id: e.ID, received: received})
 		}
 		out[i] = store.AppendResult{ID: e.ID, Outcome: store.Created}
 	}
@@ -503,21 +655,84 @@ func (s *Store) CountEvents(ctx context.Context) (int64, error) {
 }
 
 // CompleteEvent stores the event's context and marks it processed.
+// Completions arriving together share one write operation: marking events
+// processed is bookkeeping that every event needs, and one operation per
+// event crowded the single writer.
 func (s *Store) CompleteEvent(ctx context.Context, id string, c *event.Context) error {
 	doc, err := json.Marshal(c)
 	if err != nil {
 		return fmt.Errorf("complete event %s: encode: %w", id, err)
 	}
-	return s.write(ctx, func(ctx context.Context, tx *wtx) error {
-		res, err := tx.exec(ctx, qCompleteEvent, doc, nanos(time.Now()), id)
-		if err != nil {
-			return fmt.Errorf("complete event %s: %w", id, err)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	it := &completion{id: id, doc: doc, at: nanos(time.Now()), done: make(chan error, 1)}
+	s.cmu.Lock()
+	s.cpending = append(s.cpending, it)
+	lead := !s.cflushing
+	s.cflushing = true
+	s.cmu.Unlock()
+	if lead {
+		go s.flushCompletions()
+	}
+	// Once queued the completion will be written; wait for its true outcome.
+	return <-it.done
+}
+
+type completion struct {
+	id   string
+	doc  []byte
+	at   int64
+	err  error
+	done chan error
+}
+
+// maxCompletions bounds the completions in one write operation.
+const maxCompletions = 2048
+
+// flushCompletions writes pending completions, a batch per operation,
+// until none is left.
+func (s *Store) flushCompletions() {
+	for {
+		s.cmu.Lock()
+		batch := s.cpending
+		if len(batch) > maxCompletions {
+			batch = batch[:maxCompletions:maxCompletions]
+			s.cpending = s.cpending[maxCompletions:]
+		} else {
+			s.cpending = nil
 		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return fmt.Errorf("complete event %s: %w", id, store.ErrNotFound)
+		if len(batch) == 0 {
+			s.cflushing = false
+			s.cmu.Unlock()
+			return
 		}
-		return nil
-	})
+		s.cmu.Unlock()
+		err := s.write(context.Background(), func(ctx context.Context, tx *wtx) error {
+			st, err := tx.stmt(ctx, qCompleteEvent)
+			if err != nil {
+				return fmt.Errorf("complete events: %w", err)
+			}
+			for _, it := range batch {
+				it.err = nil
+				res, err := st.ExecContext(ctx, it.doc, it.at, it.id)
+				if err != nil {
+					return fmt.Errorf("complete event %s: %w", it.id, err)
+				}
+				if n, _ := res.RowsAffected(); n == 0 {
+					it.err = fmt.Errorf("complete event %s: %w", it.id, store.ErrNotFound)
+				}
+			}
+			return nil
+		})
+		for _, it := range batch {
+			if err != nil {
+				it.done <- err
+			} else {
+				it.done <- it.err
+			}
+		}
+	}
 }
 
 // Unprocessed returns accepted events not yet processed, oldest first.

@@ -160,7 +160,14 @@ spec:
 	if code != 200 || len(m["journal"].([]any)) != 2 || m["decision"] == nil {
 		t.Fatalf("GET txn: %d %v", code, m)
 	}
-	code, m = do(t, "GET", srv.URL+"/v1/events/e1", "")
+	// The event's context is stored when its processing completes, which
+	// may be just after its transaction settled.
+	for ctx.Err() == nil {
+		if code, m = do(t, "GET", srv.URL+"/v1/events/e1", ""); m["context"] != nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	if code != 200 || len(m["transactions"].([]any)) != 1 || m["context"] == nil {
 		t.Fatalf("GET event: %d %v", code, m)
 	}

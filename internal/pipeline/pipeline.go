@@ -491,8 +491,19 @@ func (p *Pipeline) continueSteps(ctx context.Context, e *event.Event, ec *event.
 func (p *Pipeline) request(e *event.Event, ec *event.Context, s Step) txn.Request {
 	return txn.Request{
 		Action: s.Action, Params: s.Params, Mode: s.Mode, TTL: s.TTL, Approval: s.Approval,
-		Event: e, Context: ec, IncidentID: ec.IncidentID, Playbook: s.Playbook, Step: s.Step,
+		Event: e, Context: ec, IncidentID: incidentOf(e, ec), Playbook: s.Playbook, Step: s.Step,
 		Origin:    fmt.Sprintf("evt/%s/%s/%d", e.ID, s.Playbook, s.Step),
 		Requester: "playbook:" + s.Playbook,
 	}
+}
+
+// incidentOf is the incident a transaction belongs to. Until correlation
+// groups events (no Correlator configured), each event is its own
+// incident, "event/<id>": the steps of one event's playbooks share it, so
+// that policy can see the evidence an earlier step captured.
+func incidentOf(e *event.Event, ec *event.Context) string {
+	if ec.IncidentID != "" {
+		return ec.IncidentID
+	}
+	return "event/" + e.ID
 }

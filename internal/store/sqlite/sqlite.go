@@ -25,6 +25,7 @@ import (
 type Store struct {
 	w      *sql.DB // one connection: SQLite has one writer; serializing here avoids SQLITE_BUSY
 	r      *sql.DB
+	ck     *sql.DB // one connection for background checkpoints
 	ops    chan writeOp
 	stmts  map[string]*sql.Stmt // prepared on the writer connection; used only by the writer goroutine
 	closed chan struct{}
@@ -115,7 +116,14 @@ func Open(ctx context.Context, dir string) (*Store, error) {
 	path := filepath.Join(dir, "quell.db")
 	// synchronous=FULL: a 202 means the event survived even a power cut, not
 	// just a process kill. Group commit pays the fsync once per batch.
-	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(ON)&_txlock=immediate"
+	//
+	// Checkpoints run on their own connection (checkpointer), so that the
+	// writer does not copy pages into the database file between two group
+	// commits; its own automatic checkpoint stays as a backstop that bounds
+	// the WAL should the checkpointer fall behind. A larger page cache keeps
+	// the index pages the intake lookups and inserts touch.
+	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(ON)&_txlock=immediate" +
+		"&_pragma=wal_autocheckpoint(4000)&_pragma=cache_size(-65536)"
 	w, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
@@ -128,19 +136,29 @@ func Open(ctx context.Context, dir string) (*Store, error) {
 		return nil, fmt.Errorf("open %s for reading: %w", path, err)
 	}
 	r.SetMaxOpenConns(8)
-	s := &Store{w: w, r: r, ops: make(chan writeOp, 1024), closed: make(chan struct{}), stmts: map[string]*sql.Stmt{}}
+	ck, err := sql.Open("sqlite", "file:"+path+"?_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)")
+	if err != nil {
+		w.Close()
+		r.Close()
+		return nil, fmt.Errorf("open %s for checkpoints: %w", path, err)
+	}
+	ck.SetMaxOpenConns(1)
+	s := &Store{w: w, r: r, ck: ck, ops: make(chan writeOp, 1024), closed: make(chan struct{}), stmts: map[string]*sql.Stmt{}}
 	if err := s.migrate(ctx); err != nil {
 		w.Close()
 		r.Close()
+		ck.Close()
 		return nil, err
 	}
 	if err := s.prepare(ctx); err != nil {
 		w.Close()
 		r.Close()
+		ck.Close()
 		return nil, err
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.writer()
+	go s.checkpointer()
 	return s, nil
 }
 
@@ -151,7 +169,24 @@ func (s *Store) Close() error {
 	for _, st := range s.stmts {
 		st.Close()
 	}
-	return errors.Join(s.w.Close(), s.r.Close())
+	return errors.Join(s.w.Close(), s.r.Close(), s.ck.Close())
+}
+
+// checkpointer copies committed WAL frames into the database file in the
+// background (PASSIVE: it never blocks the writer or readers). Committed
+// data is durable in the WAL already; this only keeps the WAL short.
+func (s *Store) checkpointer() {
+	defer s.wg.Done()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.closed:
+			return
+		case <-t.C:
+		}
+		_, _ = s.ck.Exec(`PRAGMA wal_checkpoint(PASSIVE)`)
+	}
 }
 
 // write runs fn inside a write transaction shared with other concurrent

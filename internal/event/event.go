@@ -11,7 +11,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 )
@@ -231,19 +231,36 @@ func (e *Event) Normalize(now time.Time) {
 // entities at the same source time is the same event, however many times a
 // webhook redelivers it.
 func (e *Event) ComputeFingerprint() string {
-	h := sha256.New()
-	ts := ""
+	// The bytes hashed are exactly those of the original
+	// fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\x00%s\x00", ...) and
+	// fmt.Fprintf(h, "%s=%s\x00", kind, value) per entity, built without fmt.
+	var stack [512]byte
+	b := stack[:0]
+	b = append(b, e.Source...)
+	b = append(b, 0)
+	b = append(b, e.Rule...)
+	b = append(b, 0)
+	b = append(b, e.Type...)
+	b = append(b, 0)
 	if !e.Time.IsZero() {
-		ts = e.Time.UTC().Format(time.RFC3339Nano)
+		b = e.Time.UTC().AppendFormat(b, time.RFC3339Nano)
 	}
-	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\x00%s\x00", e.Source, e.Rule, e.Type, ts, e.Status)
+	b = append(b, 0)
+	b = append(b, e.Status...)
+	b = append(b, 0)
 	for _, k := range e.Entities() {
-		fmt.Fprintf(h, "%s=%s\x00", k.Kind, k.Value)
+		b = append(b, k.Kind...)
+		b = append(b, '=')
+		b = append(b, k.Value...)
+		b = append(b, 0)
 	}
 	if e.Rule == "" && e.Message != "" {
-		h.Write([]byte(e.Message))
+		b = append(b, e.Message...)
 	}
-	return hex.EncodeToString(h.Sum(nil))[:32]
+	sum := sha256.Sum256(b)
+	var out [32]byte
+	hex.Encode(out[:], sum[:16])
+	return string(out[:])
 }
 
 // Entity is one thing an event names that correlation and actions care about.
@@ -258,7 +275,7 @@ func (k Entity) String() string { return k.Kind + ":" + k.Value }
 // Namespaced Kubernetes names are qualified (ns/name) so that two pods with
 // the same name in different namespaces stay apart.
 func (e *Event) Entities() []Entity {
-	var out []Entity
+	out := make([]Entity, 0, 8)
 	add := func(kind, v string) {
 		if v != "" {
 			out = append(out, Entity{kind, v})
@@ -293,12 +310,15 @@ func (e *Event) Entities() []Entity {
 		add("instance", c.InstanceID)
 		add("account", c.Account)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Kind != out[j].Kind {
-			return out[i].Kind < out[j].Kind
+	slices.SortFunc(out, func(a, b Entity) int {
+		if c := strings.Compare(a.Kind, b.Kind); c != 0 {
+			return c
 		}
-		return out[i].Value < out[j].Value
+		return strings.Compare(a.Value, b.Value)
 	})
+	if len(out) == 0 {
+		return nil
+	}
 	dedup := out[:0]
 	for i, k := range out {
 		if i == 0 || k != out[i-1] {

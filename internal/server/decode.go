@@ -38,6 +38,11 @@ func DecodeEvents(body []byte) ([]*event.Event, error) {
 	}
 	var out []*event.Event
 	if trimmed[0] == '[' {
+		if evs, ok := decodeArrayFast(trimmed); ok {
+			return evs, nil
+		}
+		// The precise path: decode element by element, so that the error
+		// names the element and the field.
 		var raws []json.RawMessage
 		if err := json.Unmarshal(trimmed, &raws); err != nil {
 			return nil, jsonFieldError(err, "")
@@ -81,6 +86,32 @@ func DecodeEvents(body []byte) ([]*event.Event, error) {
 		out = append(out, e)
 	}
 	return out, nil
+}
+
+// decodeArrayFast decodes a well-formed array of valid events in one pass.
+// It reports false for anything else (bad JSON, an unknown field, a non-object
+// element, an invalid event, too many or no events): the caller then takes
+// the element-by-element path, which names the offending element and field.
+func decodeArrayFast(body []byte) ([]*event.Event, bool) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	var evs []*event.Event
+	if err := dec.Decode(&evs); err != nil {
+		return nil, false
+	}
+	// Only white space may follow the array, as json.Unmarshal requires.
+	if len(bytes.TrimLeft(body[dec.InputOffset():], " \t\r\n")) != 0 {
+		return nil, false
+	}
+	if len(evs) == 0 || len(evs) > MaxEventsPerRequest {
+		return nil, false
+	}
+	for _, e := range evs {
+		if e == nil || e.Validate() != nil {
+			return nil, false
+		}
+	}
+	return evs, true
 }
 
 func decodeOne(raw json.RawMessage, prefix string) (*event.Event, error) {

@@ -95,7 +95,7 @@ func BenchmarkPreparedEval(b *testing.B) {
 	c0 := cpuTime()
 	for b.Loop() {
 		t0 := time.Now()
-		rs, err := pq.Eval(ctx, rego.EvalInput(value))
+		rs, err := pq.Eval(ctx, rego.EvalParsedInput(value))
 		lat = append(lat, time.Since(t0))
 		if err != nil || len(rs) != 1 {
 			b.Fatalf("eval: %v %v", rs, err)

@@ -62,7 +62,7 @@ func (e *Engine) Evaluate(ctx context.Context, in Input) txn.Decision {
 		d = e.failClosed(trace.SpanFromContext(ctx), err, "")
 	} else {
 		ectx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
-		rs, err := p.query.Eval(ectx, rego.EvalInput(value))
+		rs, err := p.query.Eval(ectx, rego.EvalParsedInput(value))
 		cancel()
 		if err != nil {
 			d = e.failClosed(trace.SpanFromContext(ctx), fmt.Errorf("evaluate %s: %w", e.cfg.Query, err), hash)

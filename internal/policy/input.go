@@ -9,7 +9,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/open-policy-agent/opa/v1/util"
+	"github.com/open-policy-agent/opa/v1/ast"
 
 	"github.com/quell-ir/quell/internal/action"
 	"github.com/quell-ir/quell/internal/event"
@@ -177,13 +177,17 @@ func sortedUnique(in []string) []string {
 // raw event document, when included, is compacted but keeps its own key
 // order). The same question always hashes the same, so a recorded decision
 // can be matched with its replay.
-func encodeInput(in Input) (value any, hash string, err error) {
+//
+// The value is parsed from that same encoding straight into OPA's AST
+// (jsonToValue), so the policy sees exactly what was hashed and OPA does
+// not convert a generic map on every evaluation.
+func encodeInput(in Input) (value ast.Value, hash string, err error) {
 	b, err := json.Marshal(in)
 	if err != nil {
 		return nil, "", fmt.Errorf("encode policy input: %w", err)
 	}
 	sum := sha256.Sum256(b)
-	if err := util.UnmarshalJSON(b, &value); err != nil {
+	if value, err = jsonToValue(b); err != nil {
 		return nil, "", fmt.Errorf("decode policy input: %w", err)
 	}
 	return value, "sha256:" + hex.EncodeToString(sum[:]), nil

@@ -198,6 +198,10 @@ func (e *Engine) prepare(ctx context.Context) (*prepared, error) {
 		rego.ParsedBundle("quell", b),
 		rego.SetRegoVersion(ast.RegoV1),
 		rego.StrictBuiltinErrors(false),
+		// The data documents are stored as AST values, so that a rule
+		// reading data.quell.settings does not convert them on every
+		// evaluation.
+		rego.StoreReadAST(true),
 	)
 	pq, err := r.PrepareForEval(ctx)
 	if err != nil {

@@ -30,6 +30,13 @@ type EncodedAppender interface {
 	AppendEncodedEvents(ctx context.Context, evs []*event.Event, docs [][]byte, dedupWindow time.Duration) ([]store.AppendResult, error)
 }
 
+// StartAppender is an EncodedAppender that can queue a batch and return
+// before it is durable: the committer then gathers the next batch while one
+// commits. Batches must be written in the order they were started.
+type StartAppender interface {
+	StartAppendEncodedEvents(ctx context.Context, evs []*event.Event, docs [][]byte, dedupWindow time.Duration) func() ([]store.AppendResult, error)
+}
+
 // Sink receives events after they are durable (created or updated ones).
 type Sink func(evs []*event.Event)
 
@@ -163,7 +170,7 @@ func (c *Committer) Append(ctx context.Context, evs []*event.Event) ([]store.App
 		return nil, nil
 	}
 	r := request{evs: evs, reply: make(chan reply, 1)}
-	if _, ok := c.store.(EncodedAppender); ok {
+	if c.encodes() {
 		r.docs = make([][]byte, len(evs))
 		for i, e := range evs {
 			doc, err := json.Marshal(e)
@@ -189,18 +196,43 @@ func (c *Committer) Append(ctx context.Context, evs []*event.Event) ([]store.App
 	return rep.res, rep.err
 }
 
+// maxInFlight bounds the batches queued to the store and not yet durable.
+const maxInFlight = 1
+
+// batch is a group commit on its way to the store.
+type batch struct {
+	reqs  []request
+	all   []*event.Event
+	start time.Time
+	wait  func() ([]store.AppendResult, error)
+}
+
 // Run commits until ctx is cancelled, then drains what was queued.
+// Batches are queued to the store in order and answered in the same order
+// by one goroutine, so the sink sees events in commit order.
 func (c *Committer) Run(ctx context.Context) {
 	defer close(c.done)
+	inflight := make(chan batch, maxInFlight)
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for b := range inflight {
+			c.finish(b)
+		}
+	}()
+	defer func() {
+		close(inflight)
+		<-finished
+	}()
 	for {
 		select {
 		case r := <-c.in:
-			c.commit(r)
+			inflight <- c.commit(r)
 		case <-ctx.Done():
 			for {
 				select {
 				case r := <-c.in:
-					c.commit(r)
+					inflight <- c.commit(r)
 				default:
 					return
 				}
@@ -209,7 +241,8 @@ func (c *Committer) Run(ctx context.Context) {
 	}
 }
 
-func (c *Committer) commit(first request) {
+// commit gathers a batch and queues it to the store.
+func (c *Committer) commit(first request) batch {
 	reqs := []request{first}
 	n := len(first.evs)
 	c.m.queue.Dec()
@@ -226,24 +259,41 @@ func (c *Committer) commit(first request) {
 	}
 	all := make([]*event.Event, 0, n)
 	var docs [][]byte
-	ea, encoded := c.store.(EncodedAppender)
-	if encoded {
+	if c.encodes() {
 		docs = make([][]byte, 0, n)
 	}
 	for _, r := range reqs {
 		all = append(all, r.evs...)
 		docs = append(docs, r.docs...)
 	}
-	start := time.Now()
+	b := batch{reqs: reqs, all: all, start: time.Now()}
 	// The commit must complete even during shutdown: callers are waiting.
-	var res []store.AppendResult
-	var err error
-	if encoded {
-		res, err = ea.AppendEncodedEvents(context.Background(), all, docs, c.cfg.DedupWindow)
-	} else {
-		res, err = c.store.AppendEvents(context.Background(), all, c.cfg.DedupWindow)
+	bg := context.Background()
+	switch st := c.store.(type) {
+	case StartAppender:
+		b.wait = st.StartAppendEncodedEvents(bg, all, docs, c.cfg.DedupWindow)
+	case EncodedAppender:
+		b.wait = func() ([]store.AppendResult, error) { return st.AppendEncodedEvents(bg, all, docs, c.cfg.DedupWindow) }
+	default:
+		b.wait = func() ([]store.AppendResult, error) { return c.store.AppendEvents(bg, all, c.cfg.DedupWindow) }
 	}
-	c.m.commit.Observe(time.Since(start).Seconds())
+	return b
+}
+
+func (c *Committer) encodes() bool {
+	switch c.store.(type) {
+	case StartAppender, EncodedAppender:
+		return true
+	}
+	return false
+}
+
+// finish waits for a batch to be durable, answers its requests and hands
+// what it committed to the sink.
+func (c *Committer) finish(b batch) {
+	reqs, all := b.reqs, b.all
+	res, err := b.wait()
+	c.m.commit.Observe(time.Since(b.start).Seconds())
 	c.m.batch.Observe(float64(len(all)))
 	if err != nil {
 		c.log.Error("group commit failed", "events", len(all), "err", err)

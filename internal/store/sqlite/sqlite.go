@@ -197,16 +197,23 @@ func (s *Store) checkpointer() {
 // (every run starts from the same database state). write returns when the
 // group is durable.
 func (s *Store) write(ctx context.Context, fn func(ctx context.Context, tx *wtx) error) error {
+	return s.startWrite(ctx, fn)()
+}
+
+// startWrite queues fn for the writer (operations run in the order they
+// were queued) and returns a function that waits for its outcome.
+func (s *Store) startWrite(ctx context.Context, fn func(ctx context.Context, tx *wtx) error) func() error {
 	op := writeOp{ctx: ctx, fn: fn, done: make(chan error, 1)}
 	select {
 	case s.ops <- op:
 	case <-s.closed:
-		return errors.New("store is closed")
+		return func() error { return errors.New("store is closed") }
 	case <-ctx.Done():
-		return ctx.Err()
+		err := ctx.Err()
+		return func() error { return err }
 	}
 	// Once queued the operation will run; wait for its true outcome.
-	return <-op.done
+	return func() error { return <-op.done }
 }
 
 func (s *Store) writer() {
@@ -437,8 +444,19 @@ func (s *Store) AppendEvents(ctx context.Context, evs []*event.Event, window tim
 // event's document (docs[i] is json.Marshal(evs[i])): the encoding then runs
 // on the callers' goroutines, not on the single writer.
 func (s *Store) AppendEncodedEvents(ctx context.Context, evs []*event.Event, docs [][]byte, window time.Duration) ([]store.AppendResult, error) {
+	return s.StartAppendEncodedEvents(ctx, evs, docs, window)()
+}
+
+// StartAppendEncodedEvents queues the batch for the writer and returns at
+// once; the returned function waits for the batch to be durable and returns
+// its outcomes. Batches started one after the other are written in that
+// order, so a caller can queue the next batch while one is committing.
+func (s *Store) StartAppendEncodedEvents(ctx context.Context, evs []*event.Event, docs [][]byte, window time.Duration) func() ([]store.AppendResult, error) {
+	fail := func(err error) func() ([]store.AppendResult, error) {
+		return func() ([]store.AppendResult, error) { return nil, err }
+	}
 	if len(docs) != len(evs) {
-		return nil, fmt.Errorf("append events: %d documents for %d events", len(docs), len(evs))
+		return fail(fmt.Errorf("append events: %d documents for %d events", len(docs), len(evs)))
 	}
 	// The lookup keys are encoded here too, off the writer.
 	ids := make([]string, 0, len(evs))
@@ -460,22 +478,24 @@ func (s *Store) AppendEncodedEvents(ctx context.Context, evs []*event.Event, doc
 	}
 	idKeys, err := json.Marshal(ids)
 	if err != nil {
-		return nil, fmt.Errorf("append events: encode ids: %w", err)
+		return fail(fmt.Errorf("append events: encode ids: %w", err))
 	}
 	fpKeys, err := json.Marshal(fps)
 	if err != nil {
-		return nil, fmt.Errorf("append events: encode fingerprints: %w", err)
+		return fail(fmt.Errorf("append events: encode fingerprints: %w", err))
 	}
 	var out []store.AppendResult
-	err = s.write(ctx, func(ctx context.Context, tx *wtx) error {
+	wait := s.startWrite(ctx, func(ctx context.Context, tx *wtx) error {
 		var err error
 		out, err = appendEvents(ctx, tx, evs, docs, idKeys, fpKeys, since, window)
 		return err
 	})
-	if err != nil {
-		return nil, err
+	return func() ([]store.AppendResult, error) {
+		if err := wait(); err != nil {
+			return nil, err
+		}
+		return out, nil
 	}
-	return out, nil
 }
 
 type storedID struct {

@@ -2,6 +2,7 @@ package kubeindex
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -217,4 +218,39 @@ func TestSlimPodKeepsWhatLookupReads(t *testing.T) {
 	if s.Spec.NodeName != "n1" || !s.Spec.HostNetwork || s.Spec.ServiceAccountName != "sa-x" || s.Status.PodIP != "10.5.0.1" || s.Labels["app"] != "x" {
 		t.Errorf("slimmed too much: %+v", s)
 	}
+}
+
+// BenchmarkLookup: 10,000 pods; a hit (pod with a ReplicaSet owner) and a miss.
+func BenchmarkLookup(b *testing.B) {
+	ctrl := true
+	var objs []runtime.Object
+	for i := range 10000 {
+		p := fakePod("a", fmt.Sprintf("web-5d4f8-%d", i), 0, false, corev1.PodRunning, fmt.Sprintf("10.%d.%d.%d", 100+i>>16, i>>8&255, i&255))
+		p.Labels[appsv1.DefaultDeploymentUniqueLabelKey] = "5d4f8"
+		p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-5d4f8", UID: "u", Controller: &ctrl}}
+		objs = append(objs, p)
+	}
+	ix := New(fake.NewClientset(objs...), Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { cancel(); ix.Stop() }()
+	if err := ix.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	hit, miss := netip.MustParseAddr("10.100.20.30"), netip.MustParseAddr("10.200.0.1")
+	b.Run("hit", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if info, ok := ix.Lookup(ctx, hit); !ok || info.Labels["workload"] != "web" {
+				b.Fatal(info, ok)
+			}
+		}
+	})
+	b.Run("miss", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, ok := ix.Lookup(ctx, miss); ok {
+				b.Fatal("hit")
+			}
+		}
+	})
 }

@@ -45,17 +45,32 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
+// namespace creates the test's namespace; at the end its pods and
+// services are deleted (there is no namespace controller to do it), so a
+// rerun (-count) may reuse the same addresses.
 func namespace(t *testing.T, cs kubernetes.Interface) string {
 	t.Helper()
-	name := "ki-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))
-	if len(name) > 60 {
-		name = name[:60]
+	prefix := "ki-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-"))
+	if len(prefix) > 50 {
+		prefix = prefix[:50]
 	}
-	_, err := cs.CoreV1().Namespaces().Create(ctxT(t), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	ns, err := cs.CoreV1().Namespaces().Create(ctxT(t), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-"}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return name
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		zero := int64(0)
+		_ = cs.CoreV1().Pods(ns.Name).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero}, metav1.ListOptions{})
+		svcs, _ := cs.CoreV1().Services(ns.Name).List(ctx, metav1.ListOptions{})
+		if svcs != nil {
+			for _, s := range svcs.Items {
+				_ = cs.CoreV1().Services(ns.Name).Delete(ctx, s.Name, metav1.DeleteOptions{})
+			}
+		}
+	})
+	return ns.Name
 }
 
 func startIndex(t *testing.T, cs kubernetes.Interface, opts Options) *Index {

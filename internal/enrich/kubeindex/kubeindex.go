@@ -23,6 +23,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -33,6 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -212,7 +214,11 @@ func (ix *Index) setup(name string, inf cache.SharedIndexInformer, slim cache.Tr
 	// Errors here only happen after the informer started, which it has not.
 	_ = inf.SetTransform(slim)
 	_ = inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
-		ix.log.Warn("kubernetes asset index watch failed", "resource", name, "err", err)
+		lvl := slog.LevelWarn
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
+			lvl = slog.LevelDebug // a watch that ended or expired; the reflector resumes
+		}
+		ix.log.Log(context.Background(), lvl, "kubernetes asset index watch failed", "resource", name, "err", err)
 	})
 	if ips != nil {
 		_ = inf.AddIndexers(cache.Indexers{ipIndex: func(obj any) ([]string, error) {

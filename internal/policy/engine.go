@@ -203,7 +203,12 @@ func (e *Engine) prepare(ctx context.Context) (*prepared, error) {
 		// evaluation.
 		rego.StoreReadAST(true),
 	)
-	pq, err := r.PrepareForEval(ctx)
+	// Partially evaluated at load time with the input unknown: what depends
+	// only on the policy and its data (the settings merged with their
+	// defaults, the exception list, constant lookups) is computed once here
+	// and folded into the prepared query instead of on every decision. A
+	// reload prepares again, so new data is folded in too.
+	pq, err := r.PrepareForEval(ctx, rego.WithPartialEval())
 	if err != nil {
 		return nil, fmt.Errorf("prepare policy %s: %w", src, err)
 	}

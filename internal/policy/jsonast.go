@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
+	"strings"
+	"unsafe"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 )
@@ -13,6 +16,9 @@ import (
 // values (numbers as json.Number) and converting with ast.InterfaceToValue,
 // without building the intermediate maps: the input of every decision goes
 // through it, so it is on the hot path.
+//
+// Strings point into b, which the caller must not modify afterwards; object
+// keys that are field names of Input share one term per name.
 func jsonToValue(b []byte) (ast.Value, error) {
 	p := jsonParser{b: b}
 	p.ws()
@@ -28,9 +34,47 @@ func jsonToValue(b []byte) (ast.Value, error) {
 }
 
 type jsonParser struct {
-	b []byte
-	i int
+	b   []byte
+	i   int
+	kvs [][2]*ast.Term // scratch: members of the objects being parsed
+	els []*ast.Term    // scratch: elements of the arrays being parsed
 }
+
+// inputKeys holds one shared term per JSON field name of the input
+// document's types. Terms of the input are never modified by evaluation,
+// so the keys every input repeats need not be allocated each time.
+var inputKeys = func() map[string]*ast.Term {
+	keys := map[string]*ast.Term{}
+	seen := map[reflect.Type]bool{}
+	var walk func(t reflect.Type)
+	walk = func(t reflect.Type) {
+		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice || t.Kind() == reflect.Array || t.Kind() == reflect.Map {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct || seen[t] {
+			return
+		}
+		seen[t] = true
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if f.Anonymous && name == "" {
+				walk(f.Type)
+				continue
+			}
+			if name == "-" || !f.IsExported() {
+				continue
+			}
+			if name == "" {
+				name = f.Name
+			}
+			keys[name] = ast.StringTerm(name)
+			walk(f.Type)
+		}
+	}
+	walk(reflect.TypeFor[Input]())
+	return keys
+}()
 
 var errJSONEnd = errors.New("policy input: unexpected end of JSON")
 
@@ -113,7 +157,11 @@ func (p *jsonParser) str() (string, error) {
 		case '"':
 			p.i++
 			if !escaped {
-				return string(p.b[start+1 : p.i-1]), nil
+				if p.i-2 == start {
+					return "", nil
+				}
+				// b is not modified after parsing (jsonToValue's contract).
+				return unsafe.String(&p.b[start+1], p.i-1-start-1), nil
 			}
 			var s string
 			if err := json.Unmarshal(p.b[start:p.i], &s); err != nil {
@@ -128,7 +176,8 @@ func (p *jsonParser) str() (string, error) {
 
 func (p *jsonParser) object() (*ast.Term, error) {
 	p.i++ // {
-	var kvs [][2]*ast.Term
+	base := len(p.kvs)
+	defer func() { p.kvs = p.kvs[:base] }()
 	p.ws()
 	if p.i < len(p.b) && p.b[p.i] == '}' {
 		p.i++
@@ -153,7 +202,11 @@ func (p *jsonParser) object() (*ast.Term, error) {
 		if err != nil {
 			return nil, err
 		}
-		kvs = append(kvs, [2]*ast.Term{ast.StringTerm(k), v})
+		kt, ok := inputKeys[k]
+		if !ok {
+			kt = ast.StringTerm(k)
+		}
+		p.kvs = append(p.kvs, [2]*ast.Term{kt, v})
 		p.ws()
 		if p.i >= len(p.b) {
 			return nil, errJSONEnd
@@ -163,7 +216,8 @@ func (p *jsonParser) object() (*ast.Term, error) {
 			p.i++
 		case '}':
 			p.i++
-			return ast.NewTerm(ast.NewObject(kvs...)), nil
+			// NewObject copies the members: the scratch space is reused.
+			return ast.NewTerm(ast.NewObject(p.kvs[base:]...)), nil
 		default:
 			return nil, fmt.Errorf("policy input: want ',' or '}' at offset %d", p.i)
 		}
@@ -172,7 +226,8 @@ func (p *jsonParser) object() (*ast.Term, error) {
 
 func (p *jsonParser) array() (*ast.Term, error) {
 	p.i++ // [
-	var elems []*ast.Term
+	base := len(p.els)
+	defer func() { p.els = p.els[:base] }()
 	p.ws()
 	if p.i < len(p.b) && p.b[p.i] == ']' {
 		p.i++
@@ -184,7 +239,7 @@ func (p *jsonParser) array() (*ast.Term, error) {
 		if err != nil {
 			return nil, err
 		}
-		elems = append(elems, v)
+		p.els = append(p.els, v)
 		p.ws()
 		if p.i >= len(p.b) {
 			return nil, errJSONEnd
@@ -194,7 +249,8 @@ func (p *jsonParser) array() (*ast.Term, error) {
 			p.i++
 		case ']':
 			p.i++
-			return ast.NewTerm(ast.NewArray(elems...)), nil
+			// NewArray keeps its slice: give it one of its own.
+			return ast.NewTerm(ast.NewArray(append([]*ast.Term(nil), p.els[base:]...)...)), nil
 		default:
 			return nil, fmt.Errorf("policy input: want ',' or ']' at offset %d", p.i)
 		}

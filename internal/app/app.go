@@ -21,6 +21,8 @@ import (
 	"github.com/quell-ir/quell/internal/action/kube"
 	"github.com/quell-ir/quell/internal/config"
 	"github.com/quell-ir/quell/internal/enrich"
+	"github.com/quell-ir/quell/internal/enrich/asset"
+	"github.com/quell-ir/quell/internal/enrich/kubeindex"
 	"github.com/quell-ir/quell/internal/enrich/netclass"
 	"github.com/quell-ir/quell/internal/event"
 	"github.com/quell-ir/quell/internal/intake"
@@ -63,6 +65,7 @@ type App struct {
 	Enricher  *enrich.Pipeline
 	Scorer    *risk.Scorer
 	Kube      *kube.Client // nil when kubernetes is disabled
+	KubeIndex *kubeindex.Index
 	tailers   []*tail.Tailer
 	fw        fwProvider
 	handler   http.Handler
@@ -105,6 +108,9 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 			return nil, fmt.Errorf("kubernetes: %w", err)
 		}
 		a.Kube = kc
+		if cfg.Kubernetes.AssetIndex {
+			a.KubeIndex = kubeindex.New(kc.Clientset(), kubeindex.Options{Logger: a.log.With("component", "kubeindex"), Registerer: a.Metrics})
+		}
 	} else if err := registerKubeSpecs(a.Registry); err != nil {
 		return nil, err
 	}
@@ -122,7 +128,11 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 	if err != nil {
 		return nil, fmt.Errorf("intake auth: %w", err)
 	}
-	enr, err := enrich.New(cfg.Enrichment, enrich.Deps{Registerer: a.Metrics, Logger: a.log.With("component", "enrich"), Network: prot})
+	var assets []asset.Source
+	if a.KubeIndex != nil {
+		assets = append(assets, a.KubeIndex)
+	}
+	enr, err := enrich.New(cfg.Enrichment, enrich.Deps{Registerer: a.Metrics, Logger: a.log.With("component", "enrich"), Network: prot, Assets: assets})
 	if err != nil {
 		return nil, fmt.Errorf("enrichment: %w", err)
 	}
@@ -333,6 +343,13 @@ func (a *App) Start(ctx context.Context) error {
 		if err := a.Kube.Start(bg); err != nil {
 			cancel()
 			return fmt.Errorf("kubernetes: %w", err)
+		}
+		if a.KubeIndex != nil {
+			// Until its caches sync every lookup misses: enrichment then
+			// lacks Kubernetes context, which is reported, not fatal.
+			if err := a.KubeIndex.Start(bg); err != nil {
+				a.log.Warn("kubernetes asset index not synced; events get no pod/service context until it is", "err", err)
+			}
 		}
 	}
 	if err := a.startTails(bg); err != nil {

@@ -69,7 +69,10 @@ type FirewallConfig struct {
 // KubeConfig turns the Kubernetes provider on; the client is built only
 // when it is enabled.
 type KubeConfig struct {
-	Enabled     bool `yaml:"enabled"`
+	Enabled bool `yaml:"enabled"`
+	// AssetIndex keeps a live index of pods, services and nodes by address
+	// for enrichment (on by default when Kubernetes is enabled).
+	AssetIndex  bool `yaml:"asset_index"`
 	kube.Config `yaml:",inline"`
 }
 
@@ -118,7 +121,7 @@ func Default() Config {
 		IntakeAuth: auth.DefaultConfig(),
 		Enrichment: enrich.DefaultConfig(),
 		Risk:       risk.DefaultConfig(),
-		Kubernetes: KubeConfig{Config: kube.DefaultConfig()},
+		Kubernetes: KubeConfig{Config: kube.DefaultConfig(), AssetIndex: true},
 		Firewall:   FirewallConfig{Config: firewall.DefaultConfig()},
 	}
 	return c

@@ -30,8 +30,10 @@ type recAction struct {
 	addr netip.Addr
 }
 
-func (a recAction) Key() string                                 { return "test.contain/" + a.addr.String() }
-func (a recAction) Targets() []action.Target                    { return []action.Target{{Kind: "ip", Value: a.addr.String()}} }
+func (a recAction) Key() string { return "test.contain/" + a.addr.String() }
+func (a recAction) Targets() []action.Target {
+	return []action.Target{{Kind: "ip", Value: a.addr.String()}}
+}
 func (a recAction) Check(context.Context) (action.Before, error) { return action.Before(`{}`), nil }
 func (a recAction) Verify(context.Context, action.Effect) error  { return nil }
 func (a recAction) Revert(context.Context, action.Before) error  { return nil }

@@ -306,27 +306,49 @@ func (e *Engine) entry(t *Transaction, from, to State, detail string) JournalEnt
 	return JournalEntry{TxnID: t.ID, Seq: t.Version + 1, From: from, To: to, At: e.now().UTC(), Detail: detail}
 }
 
+// step is one transition to journal.
+type step struct {
+	to     State
+	detail string
+}
+
 // persist journals a transition. It is called before the side effect the new
 // state announces.
 func (e *Engine) persist(ctx context.Context, t *Transaction, to State, detail string) error {
-	from := t.State
+	return e.persistSteps(ctx, t, step{to, detail})
+}
+
+// persistSteps journals consecutive transitions in one commit: used where
+// no side effect lies between them (pre-check passed, then applying).
+func (e *Engine) persistSteps(ctx context.Context, t *Transaction, steps ...step) error {
 	prev := *t
-	t.State = to
-	t.UpdatedAt = e.now().UTC()
+	now := e.now().UTC()
+	entries := make([]JournalEntry, len(steps))
+	from := t.State
+	for i, st := range steps {
+		entries[i] = JournalEntry{TxnID: t.ID, Seq: t.Version + int64(i) + 1, From: from, To: st.to, At: now, Detail: st.detail}
+		from = st.to
+	}
+	t.State = from
+	t.UpdatedAt = now
 	// A persist must not be lost to a cancelled run context: the journal is
 	// what recovery trusts.
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	if err := e.store.UpdateTxn(pctx, t, e.entry(&prev, from, to, detail)); err != nil {
+	if err := e.store.UpdateTxn(pctx, t, entries...); err != nil {
 		*t = prev
-		return fmt.Errorf("journal %s %s->%s: %w", t.ID, from, to, err)
+		return fmt.Errorf("journal %s %s->%s: %w", t.ID, prev.State, t.State, err)
 	}
-	e.log.Debug("transition", "txn", t.ID, "action", t.Action, "from", from, "to", to, "detail", detail)
-	if to.Terminal() {
-		e.m.outcome(t)
-		e.m.duration(t, e.now())
+	for _, en := range entries {
+		e.log.Debug("transition", "txn", t.ID, "action", t.Action, "from", en.From, "to", en.To, "detail", en.Detail)
+		view := *t
+		view.State = en.To
+		if en.To.Terminal() {
+			e.m.outcome(&view)
+			e.m.duration(&view, e.now())
+		}
+		e.notify(view, en.From)
 	}
-	e.notify(*t, from)
 	return nil
 }
 
@@ -500,11 +522,17 @@ func (e *Engine) execute(ctx context.Context, t *Transaction, a action.Action) {
 			return
 		}
 		t.Before = before
-		if err := e.persist(ctx, t, Prechecked, "pre-check passed"); err != nil {
+		if t.TTL > 0 {
+			exp := e.now().UTC().Add(t.TTL)
+			t.ExpiresAt = &exp
+		}
+		// Nothing happens between the two: one commit journals both,
+		// still before Apply.
+		if err := e.persistSteps(ctx, t, step{Prechecked, "pre-check passed"}, step{Applying, "applying"}); err != nil {
 			return
 		}
 	}
-	if t.State == Prechecked {
+	if t.State == Prechecked { // recovered from a journal written before the merge
 		if t.TTL > 0 {
 			exp := e.now().UTC().Add(t.TTL)
 			t.ExpiresAt = &exp

@@ -205,10 +205,11 @@ type Store interface {
 	// transaction and created=false. On success t.Version is the number of
 	// entries.
 	CreateTxn(ctx context.Context, t *Transaction, entries ...JournalEntry) (existing *Transaction, created bool, err error)
-	// UpdateTxn persists a transition and its journal entry atomically. It
-	// fails with ErrConflict if t.Version is not the stored version; on
-	// success t.Version is incremented.
-	UpdateTxn(ctx context.Context, t *Transaction, e JournalEntry) error
+	// UpdateTxn persists a transition and its journal entries atomically
+	// (several when transitions without side effects between them are
+	// committed together). It fails with ErrConflict if t.Version is not
+	// the stored version; on success t.Version grows by len(entries).
+	UpdateTxn(ctx context.Context, t *Transaction, entries ...JournalEntry) error
 	GetTxn(ctx context.Context, id string) (*Transaction, error)
 	ListTxns(ctx context.Context, f Filter) ([]*Transaction, error)
 	// NonTerminal returns every transaction not in a terminal state.

@@ -883,18 +883,18 @@ func insertJournal(ctx context.Context, tx *wtx, e txn.JournalEntry) error {
 }
 
 // UpdateTxn persists a transition with optimistic concurrency.
-func (s *Store) UpdateTxn(ctx context.Context, t *txn.Transaction, e txn.JournalEntry) error {
-	err := s.write(ctx, func(ctx context.Context, tx *wtx) error { return updateTxn(ctx, tx, t, e) })
+func (s *Store) UpdateTxn(ctx context.Context, t *txn.Transaction, entries ...txn.JournalEntry) error {
+	err := s.write(ctx, func(ctx context.Context, tx *wtx) error { return updateTxn(ctx, tx, t, entries) })
 	if err != nil {
 		return err
 	}
-	t.Version++
+	t.Version += int64(len(entries))
 	return nil
 }
 
-func updateTxn(ctx context.Context, tx *wtx, t *txn.Transaction, e txn.JournalEntry) error {
+func updateTxn(ctx context.Context, tx *wtx, t *txn.Transaction, entries []txn.JournalEntry) error {
 	next := *t
-	next.Version = t.Version + 1
+	next.Version = t.Version + int64(len(entries))
 	doc, err := json.Marshal(&next)
 	if err != nil {
 		return fmt.Errorf("update txn %s: encode: %w", t.ID, err)
@@ -910,7 +910,12 @@ func updateTxn(ctx context.Context, tx *wtx, t *txn.Transaction, e txn.JournalEn
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("update txn %s at version %d: %w", t.ID, t.Version, store.ErrConflict)
 	}
-	return insertJournal(ctx, tx, e)
+	for _, e := range entries {
+		if err := insertJournal(ctx, tx, e); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func decodeTxns(rows *sql.Rows) ([]*txn.Transaction, error) {

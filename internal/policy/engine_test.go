@@ -305,3 +305,27 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+// An evaluation that runs past policy.timeout is cancelled and denies.
+func TestDecideTimeoutFailsClosed(t *testing.T) {
+	dir := t.TempDir()
+	// Input-dependent, so that partial evaluation cannot compute it at load.
+	mod := "package quell\n\ndecision := {\"allow\": count([1 | some i in numbers.range(1, input.playbook.step); some j in numbers.range(1, input.playbook.step); i * j < 0]) == 0}\n"
+	if err := os.WriteFile(filepath.Join(dir, "slow.rego"), []byte(mod), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.Enabled, cfg.Dir, cfg.Timeout = true, dir, 20*time.Millisecond
+	e, err := New(context.Background(), cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	d := e.Evaluate(context.Background(), Input{Playbook: PlaybookInput{Step: 100000}})
+	if d.Verdict != txn.Deny || !containsReason(d.Reasons, "fail closed") {
+		t.Fatalf("decision %+v, want a fail-closed deny", d)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("took %s: the evaluation was not cancelled", took)
+	}
+}

@@ -29,7 +29,7 @@ func Definitions(c *Client) []action.Definition {
 			Description: "Quarantine a pod: a deny-all NetworkPolicy selects a label quell adds; labels other policies select the pod by are saved and removed",
 			Params:      []action.Param{p("namespace", action.TypeName, true, "pod namespace"), p("pod", action.TypeName, true, "pod name"), allowNS},
 			Needs:       []string{"pods: get list watch patch", "networkpolicies.networking.k8s.io: get list watch patch delete"},
-			Example:     "{action: kube.isolate_pod, params: {namespace: '{{.Event.Namespace}}', pod: '{{.Event.Pod}}'}}"},
+			Example:     "- action: kube.isolate_pod\n  params: {namespace: '{{ .event.kubernetes.namespace }}', pod: '{{ .event.kubernetes.pod }}'}\n  ttl: 4h\n"},
 			New: wrap(newIsolatePod)},
 		{Spec: action.Spec{Name: "kube.isolate_workload", Provider: "kube", Reversible: true,
 			Description: "Quarantine every current pod of a workload behind its own deny-all NetworkPolicy",

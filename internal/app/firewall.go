@@ -61,7 +61,15 @@ func (d disconnected) Revert(context.Context, action.Before) error  { return err
 // the kernel are re-applied with the time they have left, unknown elements
 // are reported.
 func (a *App) connectFirewall(ctx context.Context) error {
-	if a.cfg.Engine.Mode != txn.ModeEnforce || !(a.cfg.Firewall.Enabled || a.playbooksUse("firewall.")) {
+	held, err := a.firewallHeld(ctx)
+	if err != nil {
+		return err
+	}
+	// Containment already in the journal is always looked after, even in
+	// audit mode: verifying and expiring what exists is not a new effect,
+	// and leaving it unmanaged would strand it.
+	wanted := a.cfg.Engine.Mode == txn.ModeEnforce && (a.cfg.Firewall.Enabled || a.playbooksUse("firewall."))
+	if !wanted && !held {
 		return nil
 	}
 	b, err := firewall.New(ctx, a.cfg.Firewall.Config, firewall.Options{Logger: a.log.With("component", "firewall"), Registerer: a.Metrics})
@@ -102,6 +110,21 @@ func (a *App) connectFirewall(ctx context.Context) error {
 		a.log.Warn("firewall element not known to the journal (left in place)", "element", fmt.Sprint(u))
 	}
 	return nil
+}
+
+// firewallHeld reports whether the journal holds unfinished firewall
+// transactions.
+func (a *App) firewallHeld(ctx context.Context) (bool, error) {
+	ts, err := a.Store.NonTerminal(ctx)
+	if err != nil {
+		return false, fmt.Errorf("firewall: look for held containment: %w", err)
+	}
+	for _, t := range ts {
+		if strings.HasPrefix(t.Action, "firewall.") {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 func (a *App) playbooksUse(prefix string) bool {

@@ -217,7 +217,7 @@ func newTxnCmd() *cobra.Command {
 			failed := 0
 			for _, t := range out.Transactions {
 				exp := "-"
-				if t.ExpiresAt != nil {
+				if t.ExpiresAt != nil && !t.State.Terminal() {
 					exp = t.ExpiresAt.Format(time.RFC3339)
 				}
 				st := string(t.State)

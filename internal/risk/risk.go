@@ -253,7 +253,12 @@ func (s *Scorer) Start(ctx context.Context) {
 		t := time.NewTicker(s.cfg.Anomaly.RetrainEvery)
 		defer t.Stop()
 		for {
-			if err := s.Train(ctx); err != nil && ctx.Err() == nil {
+			switch err := s.Train(ctx); {
+			case err == nil || ctx.Err() != nil:
+			case errors.Is(err, ErrInsufficientHistory):
+				// Normal on a fresh install: anomaly stays neutral.
+				s.log.Info("risk model not trained yet", "reason", err)
+			default:
 				s.log.Warn("risk model training failed; keeping the previous model", "err", err)
 			}
 			select {

@@ -38,6 +38,6 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd(), newValidateCmd(), newVersionCmd(), newEventsCmd(), newTxnCmd(), newActionsCmd(), newPolicyCmd(), newCheckCmd())
+	root.AddCommand(newServeCmd(), newValidateCmd(), newVersionCmd(), newEventsCmd(), newTxnCmd(), newActionsCmd(), newPolicyCmd(), newCheckCmd(), newBreakGlassCmd())
 	return root
 }

@@ -172,6 +172,7 @@ func New(ctx context.Context, cfg config.Config, opts Options) (*App, error) {
 		return nil, err
 	}
 	a.Engine = eng
+	a.watchBreakGlass()
 	scorer, err := risk.New(cfg.Risk, history{st}, a.Metrics, a.log.With("component", "risk"))
 	if err != nil {
 		st.Close()

@@ -38,6 +38,7 @@ type Engine interface {
 	Approve(ctx context.Context, id, by, comment string) (*txn.Transaction, error)
 	Reject(ctx context.Context, id, by, comment string) (*txn.Transaction, error)
 	Revert(ctx context.Context, id, by, comment string) (*txn.Transaction, error)
+	Submit(ctx context.Context, req txn.Request) (*txn.Transaction, error)
 	Mode() txn.Mode
 }
 
@@ -135,6 +136,7 @@ func New(d Deps) (*Server, error) {
 	s.route("GET /v1/transactions/{id}", RoleRead, s.getTxn)
 	s.route("POST /v1/transactions/{id}/{op}", "", s.txnOp) // role depends on op
 	s.route("GET /v1/actions", RoleRead, s.listActions)
+	s.route("POST /v1/breakglass", RoleWrite, s.breakGlass)
 	s.route("GET /healthz", "", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
 	s.route("GET /readyz", "", s.ready)
 	s.route("/", "", func(w http.ResponseWriter, r *http.Request) {
@@ -541,4 +543,75 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, 200, map[string]string{"status": "ready", "mode": string(s.d.Engine.Mode()), "version": s.d.Version})
+}
+
+// BreakGlassRequest asks for time-bound elevated rights for a person.
+type BreakGlassRequest struct {
+	Person   string `json:"person"`
+	Role     string `json:"role"`
+	Duration string `json:"duration"` // Go duration; default and maximum 1h (the policy may allow less)
+	Reason   string `json:"reason"`
+	By       string `json:"by"` // the requester; with tokens, the token's name
+}
+
+// MaxBreakGlass bounds every grant, whatever the policy says.
+const MaxBreakGlass = time.Hour
+
+// breakGlass records a grant request as a transaction that needs another
+// person's approval; it is granted when approved and revoked at expiry.
+func (s *Server) breakGlass(w http.ResponseWriter, r *http.Request) {
+	body, err := readLimited(w, r, 64<<10)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	var req BreakGlassRequest
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeErr(w, jsonFieldError(err, ""))
+		return
+	}
+	if who := caller(r); who != "" {
+		if req.By != "" && req.By != who {
+			writeError(w, 403, "by", fmt.Sprintf("the token belongs to %s, not %s", who, req.By))
+			return
+		}
+		req.By = who
+	}
+	if req.By == "" {
+		writeError(w, 400, "by", "required: who asks")
+		return
+	}
+	ttl := MaxBreakGlass
+	if req.Duration != "" {
+		d, err := time.ParseDuration(req.Duration)
+		if err != nil || d <= 0 {
+			writeError(w, 400, "duration", "not a positive duration")
+			return
+		}
+		if d > MaxBreakGlass {
+			writeError(w, 400, "duration", fmt.Sprintf("at most %s", MaxBreakGlass))
+			return
+		}
+		ttl = d
+	}
+	if _, ok := s.d.Registry.Lookup("breakglass.grant"); !ok {
+		writeError(w, 404, "breakglass", "break-glass is not configured (actions.breakglass)")
+		return
+	}
+	t, err := s.d.Engine.Submit(r.Context(), txn.Request{
+		Action: "breakglass.grant", Params: map[string]string{"person": req.Person, "role": req.Role, "reason": req.Reason, "duration": ttl.String()},
+		Mode: txn.ModeEnforce, TTL: ttl, Approval: true, Requester: req.By,
+	})
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	if t.State == txn.Failed {
+		writeError(w, 400, "params", t.Error)
+		return
+	}
+	s.log.Warn("break-glass requested", "person", req.Person, "role", req.Role, "by", req.By, "duration", ttl, "txn", t.ID, "state", t.State)
+	writeJSON(w, http.StatusAccepted, t)
 }

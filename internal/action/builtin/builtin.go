@@ -74,10 +74,21 @@ func Register(reg *action.Registry, cfg Config, log *slog.Logger, mr prometheus.
 	if err := reg.Register(action.Definition{Spec: logSpec(cfg.Log.Level), New: newLogConstructor(log.With("component", "action.log"), m)}); err != nil {
 		errs = append(errs, err)
 	}
+	type named struct {
+		name, action string
+		cmd          Command
+	}
+	var cmds []named
 	for _, name := range sortedKeys(cfg.Exec.Commands) {
-		cmd := cfg.Exec.Commands[name]
+		cmds = append(cmds, named{name: name, cmd: cfg.Exec.Commands[name]})
+	}
+	if cfg.BreakGlass != nil {
+		cmds = append(cmds, named{name: "breakglass", action: BreakGlassAction, cmd: cfg.BreakGlass.command()})
+	}
+	for _, c := range cmds {
+		name, cmd := c.name, c.cmd
 		d := &execDef{
-			name: name, cmd: cmd, timeout: cmd.Timeout, path: cfg.Exec.Path, maxOutput: cfg.Exec.MaxOutputBytes,
+			name: name, action: c.action, cmd: cmd, timeout: cmd.Timeout, path: cfg.Exec.Path, maxOutput: cfg.Exec.MaxOutputBytes,
 			log: log.With("component", "action.exec"), tracer: tracer, m: m,
 		}
 		if d.timeout == 0 {

@@ -16,6 +16,35 @@ import (
 type Config struct {
 	Log  LogConfig  `yaml:"log"`
 	Exec ExecConfig `yaml:"exec"`
+	// BreakGlass, when set, offers breakglass.grant: time-bound elevated
+	// rights for a named person, granted and revoked by the operator's
+	// commands (placeholders {person}, {role}, {reason}).
+	BreakGlass *BreakGlassConfig `yaml:"breakglass"`
+}
+
+// BreakGlassConfig are the commands behind breakglass.grant.
+type BreakGlassConfig struct {
+	Grant   []string      `yaml:"grant"`  // required
+	Revoke  []string      `yaml:"revoke"` // required: a grant always ends
+	Verify  []string      `yaml:"verify"` // exit 0: the grant is in place
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// BreakGlassAction is the action name of a break-glass grant.
+const BreakGlassAction = "breakglass.grant"
+
+func (b *BreakGlassConfig) command() Command {
+	return Command{
+		Description: "Break-glass: grant a named person elevated rights for a bounded time; revoked by itself at expiry",
+		Params: map[string]ParamConfig{
+			"person":   {Type: action.TypeIdent, Required: true, Description: "who gets the rights"},
+			"role":     {Type: action.TypeIdent, Required: true, Description: "which rights"},
+			"reason":   {Type: action.TypeString, Description: "why, for the audit trail"},
+			"duration": {Type: action.TypeDuration, Required: true, Description: "how long; the grant is revoked by itself after it (policy caps it)"},
+		},
+		Apply: b.Grant, Revert: b.Revoke, Verify: b.Verify, Timeout: b.Timeout,
+		KeyParams: []string{"person", "role"},
+	}
 }
 
 // LogConfig configures the `log` action.
@@ -144,6 +173,12 @@ func (c Config) Validate() error {
 	}
 	for _, name := range sortedKeys(c.Exec.Commands) {
 		errs = append(errs, c.Exec.Commands[name].validate("exec.commands."+name, name)...)
+	}
+	if b := c.BreakGlass; b != nil {
+		if len(b.Revoke) == 0 {
+			add("breakglass.revoke", "required: a break-glass grant must end")
+		}
+		errs = append(errs, b.command().validate("breakglass", "breakglass")...)
 	}
 	return errors.Join(errs...)
 }

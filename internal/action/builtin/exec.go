@@ -34,6 +34,7 @@ const (
 // execDef is one configured command, shared by every action built from it.
 type execDef struct {
 	name      string // the command's name; the action is "exec." + name
+	action    string // the action's name when not "exec." + name (breakglass.grant)
 	cmd       Command
 	params    []action.Param // sorted by name
 	timeout   time.Duration
@@ -44,7 +45,12 @@ type execDef struct {
 	m         *metrics
 }
 
-func (d *execDef) actionName() string { return "exec." + d.name }
+func (d *execDef) actionName() string {
+	if d.action != "" {
+		return d.action
+	}
+	return "exec." + d.name
+}
 
 func (d *execDef) spec() action.Spec {
 	needs := []string{"exec " + d.cmd.Apply[0]}
@@ -68,9 +74,13 @@ func (d *execDef) spec() action.Spec {
 	if desc == "" {
 		desc = "Operator command " + d.cmd.Apply[0]
 	}
+	provider := "exec"
+	if d.action != "" {
+		provider = strings.SplitN(d.action, ".", 2)[0]
+	}
 	return action.Spec{
 		Name:        d.actionName(),
-		Provider:    "exec",
+		Provider:    provider,
 		Description: desc,
 		Params:      d.params,
 		Reversible:  len(d.cmd.Revert) > 0,
@@ -105,6 +115,9 @@ func (d *execDef) newAction(v action.Values) (action.Action, error) {
 			}
 		case action.TypeName:
 			a.targets = append(a.targets, action.Target{Kind: "name", Value: s})
+		}
+		if d.action == BreakGlassAction && p.Name == "person" {
+			a.targets = append(a.targets, action.Target{Kind: "user", Value: s})
 		}
 	}
 	keyParams := d.cmd.KeyParams

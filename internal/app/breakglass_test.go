@@ -3,6 +3,7 @@ package app_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,7 +18,8 @@ import (
 )
 
 // TestBreakGlass: alice asks for elevated rights through the API; she
-// cannot approve her own request; bob approves; the grant command runs;
+// cannot approve her own request, nor can carol, who is not in the
+// approver group the policy names; bob approves; the grant command runs;
 // the grant expires by itself and the revoke command runs.
 func TestBreakGlass(t *testing.T) {
 	dir := t.TempDir()
@@ -34,7 +36,8 @@ func TestBreakGlass(t *testing.T) {
 		}
 		c.Server.Auth.Tokens = []server.APIToken{
 			{Name: "alice", Token: auth.SecretRef{Value: "alice-token-0123456789"}, Roles: []string{server.RoleRead, server.RoleWrite, server.RoleApprove}},
-			{Name: "bob", Token: auth.SecretRef{Value: "bob-token-0123456789ab"}, Roles: []string{server.RoleRead, server.RoleApprove}},
+			{Name: "bob", Token: auth.SecretRef{Value: "bob-token-0123456789ab"}, Roles: []string{server.RoleRead, server.RoleApprove}, Groups: []string{"responders"}},
+			{Name: "carol", Token: auth.SecretRef{Value: "carol-token-0123456789"}, Roles: []string{server.RoleRead, server.RoleApprove}},
 		}
 	})
 	call := func(token, method, path, body string) (int, map[string]any) {
@@ -55,6 +58,10 @@ func TestBreakGlass(t *testing.T) {
 	id := m["id"].(string)
 	if code, m := call("alice-token-0123456789", "POST", "/v1/transactions/"+id+"/approve", `{}`); code != 400 || errField(m) != "by" {
 		t.Fatalf("self-approval: %d %v", code, m)
+	}
+	// The policy wants an approver from the responders group.
+	if code, m := call("carol-token-0123456789", "POST", "/v1/transactions/"+id+"/approve", `{}`); code != 400 || !strings.Contains(fmt.Sprint(m), "approver group responders") {
+		t.Fatalf("approval outside the group: %d %v", code, m)
 	}
 	if code, m := call("bob-token-0123456789ab", "POST", "/v1/transactions/"+id+"/approve", `{"comment":"ok for INC-42"}`); code != 200 {
 		t.Fatalf("approve: %d %v", code, m)

@@ -35,6 +35,9 @@ type APIToken struct {
 	Name  string         `yaml:"name"`
 	Token auth.SecretRef `yaml:"token"`
 	Roles []string       `yaml:"roles"`
+	// Groups are checked against the approver group a policy requires
+	// (e.g. incident-commanders for eradication).
+	Groups []string `yaml:"groups"`
 }
 
 // Validate names the bad field.
@@ -61,9 +64,10 @@ func (c AuthConfig) Validate() error {
 }
 
 type principal struct {
-	name  string
-	roles map[string]bool
-	hash  [32]byte
+	name   string
+	roles  map[string]bool
+	groups []string
+	hash   [32]byte
 }
 
 // authenticator checks API bearer tokens.
@@ -81,7 +85,7 @@ func newAuthenticator(c AuthConfig) (*authenticator, error) {
 		if len(v) < 16 {
 			return nil, fmt.Errorf("server.auth.tokens[%d].token: shorter than 16 bytes", i)
 		}
-		p := principal{name: t.Name, roles: map[string]bool{}, hash: sha256.Sum256(v)}
+		p := principal{name: t.Name, roles: map[string]bool{}, groups: t.Groups, hash: sha256.Sum256(v)}
 		for _, r := range t.Roles {
 			p.roles[r] = true
 		}
@@ -95,23 +99,38 @@ var errUnauthenticated = errors.New("missing or invalid bearer token")
 // check returns the caller for a request that needs role. With no tokens
 // configured every request passes anonymously.
 func (a *authenticator) check(r *http.Request, role string) (string, error) {
+	p, err := a.principal(r, role)
+	return p.name, err
+}
+
+// groups of a verified caller.
+func (a *authenticator) groups(name string) []string {
+	for _, p := range a.tokens {
+		if p.name == name {
+			return p.groups
+		}
+	}
+	return nil
+}
+
+func (a *authenticator) principal(r *http.Request, role string) (principal, error) {
 	if a == nil || len(a.tokens) == 0 {
-		return "", nil
+		return principal{}, nil
 	}
 	h := r.Header.Get("Authorization")
 	tok, ok := strings.CutPrefix(h, "Bearer ")
 	if !ok || tok == "" {
-		return "", errUnauthenticated
+		return principal{}, errUnauthenticated
 	}
 	sum := sha256.Sum256([]byte(tok))
 	for _, p := range a.tokens {
 		// Compare digests in constant time: no early exit on a prefix.
 		if subtle.ConstantTimeCompare(sum[:], p.hash[:]) == 1 {
 			if !p.roles[role] {
-				return p.name, fmt.Errorf("%s lacks the %s role", p.name, role)
+				return p, fmt.Errorf("%s lacks the %s role", p.name, role)
 			}
-			return p.name, nil
+			return p, nil
 		}
 	}
-	return "", errUnauthenticated
+	return principal{}, errUnauthenticated
 }

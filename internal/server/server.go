@@ -35,7 +35,7 @@ type Intake interface {
 
 // Engine is what the server needs of the transaction engine.
 type Engine interface {
-	Approve(ctx context.Context, id, by, comment string) (*txn.Transaction, error)
+	ApproveAs(ctx context.Context, id string, who txn.Approver, comment string) (*txn.Transaction, error)
 	Reject(ctx context.Context, id, by, comment string) (*txn.Transaction, error)
 	Revert(ctx context.Context, id, by, comment string) (*txn.Transaction, error)
 	Submit(ctx context.Context, req txn.Request) (*txn.Transaction, error)
@@ -477,7 +477,13 @@ func (s *Server) txnOp(w http.ResponseWriter, r *http.Request) {
 	role := RoleApprove
 	switch op {
 	case "approve":
-		f = s.d.Engine.Approve
+		f = func(ctx context.Context, id, by, comment string) (*txn.Transaction, error) {
+			who := txn.Approver{Name: by}
+			if caller(r) != "" {
+				who.Verified, who.Groups = true, s.auth.groups(by)
+			}
+			return s.d.Engine.ApproveAs(ctx, id, who, comment)
+		}
 	case "reject":
 		f = s.d.Engine.Reject
 	case "revert":

@@ -9,6 +9,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -716,6 +717,22 @@ func (e *Engine) Revert(ctx context.Context, id, by, comment string) (*Transacti
 // Approve records an approval; when enough distinct people approved, the
 // transaction runs.
 func (e *Engine) Approve(ctx context.Context, id, by, comment string) (*Transaction, error) {
+	return e.ApproveAs(ctx, id, Approver{Name: by}, comment)
+}
+
+// Approver is who approves. Verified is set when the identity and groups
+// come from an authenticated credential (an API token), not from a claim.
+type Approver struct {
+	Name     string
+	Groups   []string
+	Verified bool
+}
+
+// ApproveAs is Approve with the approver's groups: when the decision names
+// an approver group and the identity is verified, the approver must be in
+// it. An unverified identity (an open API on loopback) is recorded as such.
+func (e *Engine) ApproveAs(ctx context.Context, id string, who Approver, comment string) (*Transaction, error) {
+	by := who.Name
 	var run bool
 	t, err := e.humanAction(ctx, id, func(t *Transaction, a action.Action) error {
 		if t.State != AwaitingApproval {
@@ -723,6 +740,14 @@ func (e *Engine) Approve(ctx context.Context, id, by, comment string) (*Transact
 		}
 		if by == "" {
 			return &InputError{Field: "by", Reason: "approver identity is required"}
+		}
+		if g := t.Decision.approverGroup(); g != "" {
+			switch {
+			case who.Verified && !slices.Contains(who.Groups, g):
+				return &InputError{Field: "by", Reason: fmt.Sprintf("%s is not in the approver group %s the policy requires", by, g)}
+			case !who.Verified:
+				comment = strings.TrimSpace(comment + " [group " + g + " not verified: unauthenticated API]")
+			}
 		}
 		if t.Requester != "" && by == t.Requester {
 			return &InputError{Field: "by", Reason: "the requester cannot approve their own request"}
@@ -797,6 +822,13 @@ func (e *Engine) humanAction(ctx context.Context, id string, f func(*Transaction
 		return nil, err
 	}
 	return t, nil
+}
+
+func (d *Decision) approverGroup() string {
+	if d == nil {
+		return ""
+	}
+	return d.ApproverGroup
 }
 
 // StateError says an operation does not apply to a transaction's state.

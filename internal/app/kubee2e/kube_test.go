@@ -196,34 +196,67 @@ func TestEventQuarantinesPodAndRevertRestores(t *testing.T) {
 	t.Logf("pod labels after revert: %s", b)
 }
 
-// BenchmarkEventToIsolation: from the event's commit to the transaction
-// active (policy applied, pod labelled, verified against the API server),
-// for 100 pods one after another.
+// BenchmarkEventToIsolation, for 100 pods one after another: from the
+// event's commit to the isolation being in place on the API server (the pod
+// carries the quarantine label its policy selects, seen through a watch:
+// the "present" figures), and to the transaction active (after the
+// post-check and the journal: the "active" figures).
 func BenchmarkEventToIsolation(b *testing.B) {
 	a := startQuell(b)
 	admin := kubernetes.NewForConfigOrDie(env.AdminConfig())
 	const n = 100
 	makePods(b, admin, "bench", n)
-	var lat []time.Duration
+	w, err := admin.CoreV1().Pods("bench").Watch(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Stop()
+	labelled := make(chan string, n)
+	go func() {
+		seen := map[string]bool{}
+		for ev := range w.ResultChan() {
+			pod, ok := ev.Object.(*corev1.Pod)
+			if ok && pod.Labels[kube.LabelQuarantine] != "" && !seen[pod.Name] {
+				seen[pod.Name] = true
+				labelled <- pod.Name
+			}
+		}
+	}()
+	var present, active []time.Duration
 	b.ResetTimer()
 	for it := 0; it < b.N; it++ {
 		if it > 0 {
 			b.Fatal("run with -benchtime 1x")
 		}
 		for i := 0; i < n; i++ {
+			name := fmt.Sprintf("web-%d", i)
 			start := time.Now()
-			tr := settle(b, a, post(b, a, "bench", fmt.Sprintf("web-%d", i)))
-			if tr.State != txn.Active {
-				b.Fatalf("web-%d: %s %s", i, tr.State, tr.Reason)
+			id := post(b, a, "bench", name)
+			select {
+			case got := <-labelled:
+				if got != name {
+					b.Fatalf("isolated %s, want %s", got, name)
+				}
+				present = append(present, time.Since(start))
+			case <-time.After(30 * time.Second):
+				b.Fatalf("%s never isolated", name)
 			}
-			lat = append(lat, time.Since(start))
+			tr := settle(b, a, id)
+			if tr.State != txn.Active {
+				b.Fatalf("%s: %s %s", name, tr.State, tr.Reason)
+			}
+			active = append(active, time.Since(start))
 		}
 	}
 	b.StopTimer()
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	ms := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000 }
-	b.ReportMetric(ms(0.5), "p50-ms")
-	b.ReportMetric(ms(0.99), "p99-ms")
+	ms := func(d []time.Duration, p float64) float64 {
+		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+		return float64(d[int(p*float64(len(d)-1))].Microseconds()) / 1000
+	}
+	b.ReportMetric(ms(present, 0.5), "present-p50-ms")
+	b.ReportMetric(ms(present, 0.99), "present-p99-ms")
+	b.ReportMetric(ms(active, 0.5), "active-p50-ms")
+	b.ReportMetric(ms(active, 0.99), "active-p99-ms")
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }

@@ -1,7 +1,6 @@
 package kubeindex
 
 import (
-	"context"
 	"os"
 	"testing"
 
@@ -16,16 +15,5 @@ var env *kubeenv.Env
 const saToken = "quell-sa-kubeindex-token-0123456789"
 
 func TestMain(m *testing.M) {
-	opts := kubeenv.Options{Users: []kubeenv.User{kubeenv.ServiceAccountUser("quell-system", "quell", saToken)}}
-	os.Exit(kubeenv.Main(m, opts, func(ctx context.Context, e *kubeenv.Env) error {
-		rbac, err := os.ReadFile("../../../deploy/kubernetes/rbac.yaml")
-		if err != nil {
-			return err
-		}
-		if err := kubeenv.Apply(ctx, e.AdminConfig(), "quell-test", rbac); err != nil {
-			return err
-		}
-		env = e
-		return nil
-	}))
+	os.Exit(kubeenv.MainAsQuell(m, saToken, "../../../deploy/kubernetes/rbac.yaml", &env))
 }

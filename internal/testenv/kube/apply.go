@@ -221,3 +221,22 @@ func Require(t testing.TB, e *Env) {
 	}
 	t.Skipf("kube-apiserver integration test skipped: %v", err)
 }
+
+// MainAsQuell is Main for packages that act as quell: the apiserver knows
+// saToken as quell's ServiceAccount (quell-system/quell), and the RBAC of
+// deploy/kubernetes (rbacPath, relative to the test package) is applied.
+// *env is set before the tests run.
+func MainAsQuell(m *testing.M, saToken, rbacPath string, env **Env) int {
+	opts := Options{Users: []User{ServiceAccountUser("quell-system", "quell", saToken)}}
+	return Main(m, opts, func(ctx context.Context, e *Env) error {
+		rbac, err := os.ReadFile(rbacPath)
+		if err != nil {
+			return err
+		}
+		if err := Apply(ctx, e.AdminConfig(), "quell-test", rbac); err != nil {
+			return err
+		}
+		*env = e
+		return nil
+	})
+}

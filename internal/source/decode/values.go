@@ -21,19 +21,12 @@ type Int int64
 // UnmarshalJSON implements json.Unmarshaler.
 func (n *Int) UnmarshalJSON(b []byte) error {
 	b = bytes.TrimSpace(b)
-	if len(b) == 0 || string(b) == "null" {
-		return nil
-	}
-	s := string(b)
-	if b[0] == '"' {
-		if err := json.Unmarshal(b, &s); err != nil {
-			return err
-		}
-		s = strings.TrimSpace(s)
-		if s == "" {
+	s, empty, err := numberText(b)
+	if err != nil || empty {
+		if empty && len(b) > 0 && b[0] == '"' {
 			*n = 0
-			return nil
 		}
+		return err
 	}
 	v, ok := ParseInt(s)
 	if !ok {
@@ -41,6 +34,22 @@ func (n *Int) UnmarshalJSON(b []byte) error {
 	}
 	*n = Int(v)
 	return nil
+}
+
+// numberText unwraps a JSON number that may be quoted: empty is true for
+// null, nothing, or an empty string, which leave the value unset.
+func numberText(b []byte) (s string, empty bool, err error) {
+	if len(b) == 0 || string(b) == "null" {
+		return "", true, nil
+	}
+	s = string(b)
+	if b[0] == '"' {
+		if err := json.Unmarshal(b, &s); err != nil {
+			return "", false, err
+		}
+		s = strings.TrimSpace(s)
+	}
+	return s, s == "", nil
 }
 
 // ParseInt parses an integer written as digits or as a float without
@@ -62,18 +71,9 @@ type Float float64
 // UnmarshalJSON implements json.Unmarshaler.
 func (n *Float) UnmarshalJSON(b []byte) error {
 	b = bytes.TrimSpace(b)
-	if len(b) == 0 || string(b) == "null" {
-		return nil
-	}
-	s := string(b)
-	if b[0] == '"' {
-		if err := json.Unmarshal(b, &s); err != nil {
-			return err
-		}
-		s = strings.TrimSpace(s)
-		if s == "" {
-			return nil
-		}
+	s, empty, err := numberText(b)
+	if err != nil || empty {
+		return err
 	}
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
